@@ -1,0 +1,126 @@
+"""InA layers: PEFT's LoRA layers with the inhibition gate between A and B.
+
+InA reuses PEFT's LoRA layers (their parameters, dropout, scaling, multi-adapter bookkeeping and
+bitsandbytes wrappers) and plugs the gate into the one hook PEFT gives a LoRA variant: the forward
+pass of each adapter. An adapter with ρ = 0 gets no variant at all, so it runs PEFT's own LoRA path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from peft.tuners.lora.layer import Embedding, LoraLayer, LoraVariant
+from torch import nn
+
+from ina.core.functional import inhibit
+
+
+class InhibitionGate:
+    """One adapter's gate ``f(h − ρ·max_r h)``: its settings, applied through :func:`inhibit`."""
+
+    def __init__(self, inhibition: float, activation: str, negative_slope: float) -> None:
+        self.inhibition = float(inhibition)
+        self.activation = activation
+        self.negative_slope = float(negative_slope)
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        return inhibit(h, self.inhibition, self.activation, self.negative_slope)
+
+    def __repr__(self) -> str:
+        return f"InhibitionGate(inhibition={self.inhibition}, activation={self.activation!r})"
+
+
+class MergeRefusedError(ValueError):
+    """Raised when asked to merge an adapter whose branch is not linear in the input."""
+
+
+def refuse_merge(adapter_name: str, gate: InhibitionGate) -> MergeRefusedError:
+    return MergeRefusedError(
+        f"cannot merge InA adapter {adapter_name!r}: with inhibition={gate.inhibition} > 0 the branch "
+        f"s·B·f(h − ρ·max_r h) is not a linear map of the input, so no weight W0 + ΔW computes it. "
+        "Keep the adapter unmerged (it runs on top of the frozen base), or train with inhibition=0 (LoRA) "
+        "if you need a merged model. The model was left unchanged."
+    )
+
+
+class InALinearVariant(LoraVariant):
+    """Gate for `nn.Linear`, transformers' `Conv1D` and bitsandbytes linear layers (inputs of any leading shape)."""
+
+    def __init__(self, gate: InhibitionGate) -> None:
+        self.gate = gate
+
+    def supports_lora_conversion(self) -> bool:
+        return False
+
+    @staticmethod
+    def init(module: LoraLayer, adapter_name: str, **kwargs: Any) -> None:
+        """Nothing to create: the gate has no parameters."""
+
+    def forward(
+        self, module: LoraLayer, *, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        lora_A = module.lora_A[active_adapter]
+        lora_B = module.lora_B[active_adapter]
+        h = lora_A(module.lora_dropout[active_adapter](x))  # (*, r), computed once
+        return result + lora_B(self.gate(h)) * module.scaling[active_adapter]  # (*, out)
+
+    def merge_safe(self, module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+        raise refuse_merge(active_adapter, self.gate)
+
+    def merge_unsafe(self, module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> None:
+        raise refuse_merge(active_adapter, self.gate)
+
+
+class InAEmbeddingVariant(InALinearVariant):
+    """Gate for `nn.Embedding`: ``h`` is the row of A's embedding table for each token id."""
+
+    def forward(
+        self, module: LoraLayer, *, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        embedding_A = module.lora_embedding_A[active_adapter].T  # (num_embeddings, r)
+        embedding_B = module.lora_embedding_B[active_adapter].T  # (r, dim)
+        input_fn = module.input_fns.get(active_adapter)
+        output_fn = module.output_fns.get(active_adapter)
+        h = module._embed(x, embedding_A, input_fn=input_fn, output_fn=output_fn)  # (*, r)
+        delta = (self.gate(h) @ embedding_B) * module.scaling[active_adapter]  # (*, dim)
+        embed_scale = module._get_embed_scale()
+        if embed_scale is not None:
+            delta = delta * embed_scale.to(delta.dtype)
+        return result + delta
+
+
+class InAEmbedding(Embedding):
+    """PEFT's LoRA embedding whose mixed-adapter batches also go through each adapter's variant."""
+
+    def _mixed_batch_forward(
+        self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any
+    ) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        for adapter in dict.fromkeys(adapter_names):
+            if adapter == "__base__" or adapter not in self.lora_embedding_A:
+                continue
+            rows = [i for i, name in enumerate(adapter_names) if name == adapter]
+            if adapter in self.lora_variant:
+                variant = self.lora_variant[adapter]
+                result[rows] = variant.forward(self, active_adapter=adapter, x=x[rows], result=result[rows])
+            else:
+                delta = self._embed(x[rows], self.lora_embedding_A[adapter].T) @ self.lora_embedding_B[adapter].T
+                embed_scale = self._get_embed_scale()
+                delta = delta * self.scaling[adapter]
+                if embed_scale is not None:
+                    delta = delta * embed_scale.to(delta.dtype)
+                result[rows] = result[rows] + delta
+        return result
+
+    def __repr__(self) -> str:
+        return "ina." + nn.Module.__repr__(self)
+
+
+def attach_gate(layer: LoraLayer, adapter_name: str, gate: InhibitionGate) -> None:
+    """Give ``layer``'s adapter ``adapter_name`` the gate; with ρ = 0 the adapter stays plain LoRA."""
+    if gate.inhibition == 0:
+        layer.lora_variant.pop(adapter_name, None)
+        return
+    variant_cls = InAEmbeddingVariant if isinstance(layer, Embedding) else InALinearVariant
+    layer.lora_variant[adapter_name] = variant_cls(gate)

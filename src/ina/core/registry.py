@@ -1,0 +1,66 @@
+"""Registers InA with PEFT (``peft_type: "INA"``) and guards against running InA adapters as LoRA.
+
+Importing ``ina`` runs :func:`register` once. Without it, PEFT does not know ``"INA"`` and refuses to
+load such an adapter, which is what we want: an InA adapter must never run as plain LoRA.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from peft import LoraConfig
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+from peft.utils import PeftType
+
+PEFT_TYPE_NAME = "INA"
+AUTHORS_KEY = "lora_inhibition"  # the authors' extra key in a `"peft_type": "LORA"` config
+
+
+class AuthorsFormatError(ValueError):
+    """Raised when stock PEFT is asked to load an adapter saved by the authors' code with ρ > 0."""
+
+
+def _add_peft_type(name: str) -> enum.Enum:
+    """Add a member to PEFT's `PeftType` enum (PEFT offers no public way to do so)."""
+    if name in PeftType.__members__:
+        return PeftType[name]
+    member = str.__new__(PeftType, name)
+    member._name_ = name
+    member._value_ = name
+    member.__objclass__ = PeftType  # type: ignore[attr-defined]
+    PeftType._member_map_[name] = member
+    PeftType._value2member_map_[name] = member
+    PeftType._member_names_.append(name)
+    type.__setattr__(PeftType, name, member)
+    return member
+
+
+def _guard_authors_format(original: Any) -> Any:
+    def check_kwargs(cls: type, **kwargs: Any) -> dict[str, Any]:
+        inhibition = kwargs.get(AUTHORS_KEY)
+        if inhibition:
+            raise AuthorsFormatError(
+                f"this adapter was saved by the InA authors' code (`peft_type: LORA` with "
+                f"`{AUTHORS_KEY}: {inhibition}`); loading it as `LoraConfig` would run it as plain LoRA. "
+                "Load it with `ina.load_adapter(model, path)` (reads it as InA with ρ = "
+                f"{inhibition}), or convert it once with `ina convert SRC DST`."
+            )
+        kwargs.pop(AUTHORS_KEY, None)  # ρ = 0 is exactly LoRA
+        return original(**kwargs)
+
+    check_kwargs.__ina_guard__ = True  # type: ignore[attr-defined]
+    return classmethod(check_kwargs)
+
+
+def register() -> None:
+    """Make ``peft_type: "INA"`` known to PEFT (idempotent)."""
+    from ina.core.config import InAConfig
+    from ina.core.model import InAModel
+
+    peft_type = _add_peft_type(PEFT_TYPE_NAME)
+    PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = InAConfig
+    PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = InAModel
+    PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] = InAModel.prefix
+    if not getattr(LoraConfig.check_kwargs, "__ina_guard__", False):
+        LoraConfig.check_kwargs = _guard_authors_format(LoraConfig.check_kwargs)
