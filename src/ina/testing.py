@@ -29,7 +29,11 @@ _CORPUS = [
 # architecture -> (transformers config class name, causal-LM kwargs)
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "llama": dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
     ),
     "bloom": dict(hidden_size=32, n_layer=2, n_head=4),
     "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=128),

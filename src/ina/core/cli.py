@@ -16,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("dst", help="new folder to write (must not exist)")
     convert.set_defaults(handler=_convert)
 
-    info = subparsers.add_parser("info", help="print how ina reads an adapter folder (format, ρ, rank, targets)")
+    info = subparsers.add_parser(
+        "info", help="print how ina reads an adapter folder (format, ρ, rank, targets)"
+    )
     info.add_argument("path")
     info.set_defaults(handler=_info)
 
@@ -38,7 +40,9 @@ def _info(args: argparse.Namespace) -> int:
         "activation": config.activation,
         "r": config.r,
         "lora_alpha": config.lora_alpha,
-        "target_modules": sorted(config.target_modules) if isinstance(config.target_modules, set) else config.target_modules,
+        "target_modules": sorted(config.target_modules)
+        if isinstance(config.target_modules, set)
+        else config.target_modules,
         "task_type": config.task_type,
         "base_model_name_or_path": config.base_model_name_or_path,
     }

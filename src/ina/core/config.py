@@ -39,8 +39,10 @@ class InAConfig(LoraConfig):
 
     inhibition: float = field(
         default=0.3,
-        metadata={"help": "Inhibition ratio ρ in [0, 1): the share of each token's largest rank activation "
-                  "subtracted before the activation; 0 switches the gate off (exactly LoRA)."},
+        metadata={
+            "help": "Inhibition ratio ρ in [0, 1): the share of each token's largest rank activation "
+            "subtracted before the activation; 0 switches the gate off (exactly LoRA)."
+        },
     )
     activation: str = field(
         default="leaky_relu",

@@ -105,7 +105,9 @@ class InAEmbedding(Embedding):
                 variant = self.lora_variant[adapter]
                 result[rows] = variant.forward(self, active_adapter=adapter, x=x[rows], result=result[rows])
             else:
-                delta = self._embed(x[rows], self.lora_embedding_A[adapter].T) @ self.lora_embedding_B[adapter].T
+                delta = (
+                    self._embed(x[rows], self.lora_embedding_A[adapter].T) @ self.lora_embedding_B[adapter].T
+                )
                 embed_scale = self._get_embed_scale()
                 delta = delta * self.scaling[adapter]
                 if embed_scale is not None:

@@ -28,7 +28,9 @@ def read_adapter_config(path: str | os.PathLike[str]) -> InAConfig:
     """The `InAConfig` of the adapter saved in folder ``path``, whatever its format."""
     config_file = Path(path) / CONFIG_NAME
     if not config_file.is_file():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {str(path)!r}: expected a folder saved by save_pretrained")
+        raise FileNotFoundError(
+            f"no {CONFIG_NAME} in {str(path)!r}: expected a folder saved by save_pretrained"
+        )
     data: dict[str, Any] = json.loads(config_file.read_text())
     peft_type = data.get("peft_type")
     if peft_type == "LORA":

@@ -14,7 +14,9 @@ from ina.core.config import InAConfig
 from ina.core.layer import InAEmbedding, InhibitionGate, MergeRefusedError, attach_gate, refuse_merge
 
 SUPPORTED_BASE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D, nn.Embedding)
-SUPPORTED_NAMES = "torch.nn.Linear (and bitsandbytes Linear8bitLt/Linear4bit), transformers Conv1D, torch.nn.Embedding"
+SUPPORTED_NAMES = (
+    "torch.nn.Linear (and bitsandbytes Linear8bitLt/Linear4bit), transformers Conv1D, torch.nn.Embedding"
+)
 
 
 class UnsupportedTargetError(TypeError):
@@ -72,7 +74,9 @@ class InAModel(LoraModel):
         attach_gate(layer, adapter_name, gate)
 
     @staticmethod
-    def _create_new_module(lora_config: InAConfig, adapter_name: str, target: nn.Module, **kwargs: Any) -> nn.Module:
+    def _create_new_module(
+        lora_config: InAConfig, adapter_name: str, target: nn.Module, **kwargs: Any
+    ) -> nn.Module:
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         if isinstance(base, nn.Embedding):
             kwargs.pop("fan_in_fan_out", None)

@@ -1,0 +1,296 @@
+"""A fused InA adapter branch: the same function as the reference path, with less memory and fewer kernels.
+
+The reference path (:class:`ina.core.layer.InALinearVariant` through PEFT's modules) computes::
+
+    xd = dropout(x)                       # (*, in)  a full copy of x, plus a mask, kept for backward
+    h  = xd · Aᵀ                          # (*, r)
+    g  = inhibit(h, ρ, f)                 # (*, r)  amax, subtract, f: each keeps its own r-sized tensors
+    y  = result + s · (g · Bᵀ)            # (*, out) three full-size temporaries
+
+:class:`InABranch` computes ``y`` in one autograd node. What it keeps for backward, exactly:
+
+* ``x`` — the layer's input, by reference (the frozen base layer's input; no copy is made, even when
+  ``x`` is not contiguous);
+* ``h`` — ``(*, r)`` in the compute dtype (``r / in`` of the size of ``x``);
+* ``A`` and ``B`` — the adapter's parameters, by reference;
+* with dropout, one integer seed: the mask is regenerated in backward from it, never stored, and the
+  dropped copy of ``x`` exists only transiently inside forward and backward.
+
+The threshold, the activation and ``g`` are recomputed from ``h`` in backward (a few ``(*, r)``
+element-wise ops); the B-projection and the residual add are one ``addmm``. Gradients match
+:func:`ina.core.functional.inhibit` under autograd exactly in convention: the gradient of the max is
+split evenly between tied maxima (``amax``'s rule), ``leaky_relu``'s slope applies at 0.
+
+Dropout masks are drawn from a private generator seeded from PyTorch's default CPU generator, so
+``torch.manual_seed`` makes them reproducible; they are not the masks ``nn.Dropout`` would draw.
+:func:`dropout_mask` returns the mask for a seed, so tests compare against the reference with the very
+same mask. Disable the fast path with ``INA_FAST_PATH=0`` or :func:`set_enabled`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ina.core.functional import ACTIVATIONS
+
+FAST_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+_enabled: bool = os.environ.get("INA_FAST_PATH", "1").strip().lower() not in ("0", "false", "no", "off")
+_generators = threading.local()
+
+
+def is_enabled() -> bool:
+    """Whether InA layers use the fused path where it applies (default yes; ``INA_FAST_PATH=0`` turns it off)."""
+    return _enabled
+
+
+def set_enabled(enabled: bool) -> None:
+    """Switch the fused path on or off for the whole process."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+@contextlib.contextmanager
+def enabled(value: bool) -> Iterator[None]:
+    """Context manager: run the block with the fused path switched on (True) or off (False)."""
+    previous = is_enabled()
+    set_enabled(value)
+    try:
+        yield
+    finally:
+        set_enabled(previous)
+
+
+def new_seed() -> int:
+    """A dropout seed drawn from PyTorch's default CPU generator (so ``torch.manual_seed`` fixes it)."""
+    return int(torch.empty((), dtype=torch.int64).random_())
+
+
+def _generator(device: torch.device) -> torch.Generator:
+    cache = getattr(_generators, "by_device", None)
+    if cache is None:
+        cache = _generators.by_device = {}
+    generator = cache.get(device)
+    if generator is None:
+        generator = cache[device] = torch.Generator(device=device)
+    return generator
+
+
+def dropout_mask(
+    seed: int, shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype, device: torch.device | str
+) -> torch.Tensor:
+    """The dropout mask :class:`InABranch` uses for ``seed``: 1 with probability ``1 - p``, else 0.
+
+    :class:`InABranch` draws it for its input flattened to 2-D: pass ``shape = (T, in)``.
+    """
+    generator = _generator(torch.device(device))
+    generator.manual_seed(seed)
+    return torch.empty(shape, dtype=dtype, device=device).bernoulli_(1.0 - p, generator=generator)
+
+
+def _dropped(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """``x · mask / (1 − p)`` as one new tensor (the only full-size temporary dropout needs)."""
+    out = dropout_mask(seed, x.shape, p, x.dtype, x.device)
+    return out.mul_(x).mul_(1.0 / (1.0 - p))
+
+
+def _gate(
+    h: torch.Tensor, inhibition: float, activation: str, negative_slope: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h − ρ·max_r h, f(that))``; same ops as :func:`ina.core.functional.inhibit`."""
+    z = h - inhibition * h.amax(dim=-1, keepdim=True)  # (T, r)
+    if activation == "leaky_relu":
+        return z, F.leaky_relu(z, negative_slope)
+    if activation == "gelu":
+        return z, F.gelu(z)
+    return z, z
+
+
+class InABranch(torch.autograd.Function):
+    """``result + s · B · inhibit(A · dropout(x))`` as one autograd node (see the module docstring)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,  # (*, in)
+        result: torch.Tensor,  # (*, out)
+        lora_A: torch.Tensor,  # (r, in)
+        lora_B: torch.Tensor,  # (out, r)
+        scaling: float,
+        inhibition: float,
+        activation: str,
+        negative_slope: float,
+        dropout: float,
+        seed: int,
+    ) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])  # (T, in), a view when x is contiguous
+        xd = _dropped(x2, dropout, seed) if dropout > 0 else x2  # (T, in), transient
+        h = xd @ lora_A.T  # (T, r)
+        del xd
+        g = h if inhibition == 0 else _gate(h, inhibition, activation, negative_slope)[1]  # (T, r)
+        result2 = result.reshape(-1, result.shape[-1]).to(h.dtype)  # (T, out); widened like `result + delta`
+        out = torch.addmm(result2, g, lora_B.T, alpha=scaling)  # (T, out)
+        ctx.save_for_backward(x, h, lora_A, lora_B)
+        ctx.settings = (scaling, inhibition, activation, negative_slope, dropout, seed)
+        ctx.result_dtype = result.dtype
+        return out.view(*result.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        x, h, lora_A, lora_B = ctx.saved_tensors
+        scaling, inhibition, activation, negative_slope, dropout, seed = ctx.settings
+        need_x, need_result, need_A, need_B = ctx.needs_input_grad[:4]
+        grad_out2 = grad_out.reshape(-1, grad_out.shape[-1])  # (T, out)
+
+        if inhibition == 0:
+            g = h
+        else:
+            z, g = _gate(h, inhibition, activation, negative_slope)  # (T, r) each
+        grad_B = (grad_out2.T @ g).mul_(scaling) if need_B else None  # (out, r)
+
+        grad_x = grad_A = None
+        if need_x or need_A:
+            grad_h = (grad_out2 @ lora_B).mul_(scaling)  # (T, r): dL/dg
+            if inhibition != 0:
+                if activation == "leaky_relu":
+                    grad_h = torch.ops.aten.leaky_relu_backward(grad_h, z, negative_slope, False)
+                elif activation == "gelu":
+                    grad_h = torch.ops.aten.gelu_backward(grad_h, z)
+                # dL/dh = dL/dz − ρ · [h is a max] / (number of maxima) · Σ_r dL/dz   (amax's tie rule)
+                is_max = (h == h.amax(dim=-1, keepdim=True)).to(grad_h.dtype)  # (T, r)
+                share = grad_h.sum(dim=-1, keepdim=True) / is_max.sum(dim=-1, keepdim=True)  # (T, 1)
+                grad_h = grad_h - inhibition * is_max * share
+            x2 = x.reshape(-1, x.shape[-1])  # (T, in)
+            if need_A:
+                xd = _dropped(x2, dropout, seed) if dropout > 0 else x2  # regenerated, transient
+                grad_A = grad_h.T @ xd  # (r, in)
+                del xd
+            if need_x:
+                grad_x = grad_h @ lora_A  # (T, in)
+                if dropout > 0:
+                    grad_x = grad_x.mul_(dropout_mask(seed, x2.shape, dropout, x2.dtype, x2.device)).mul_(
+                        1.0 / (1.0 - dropout)
+                    )
+                grad_x = grad_x.view(x.shape)
+        grad_result = grad_out.to(ctx.result_dtype) if need_result else None
+        return grad_x, grad_result, grad_A, grad_B, None, None, None, None, None, None
+
+
+def ina_branch(
+    x: torch.Tensor,
+    result: torch.Tensor,
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    scaling: float,
+    inhibition: float,
+    activation: str = "leaky_relu",
+    negative_slope: float = 0.01,
+    dropout: float = 0.0,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """``result + s · B · f(h − ρ·max_r h)`` with ``h = A · dropout(x)``, fused (see :class:`InABranch`).
+
+    Shapes: ``x`` (*, in), ``result`` (*, out), ``lora_A`` (r, in), ``lora_B`` (out, r); all of one
+    floating dtype and device. ``dropout`` is the drop probability (applied only if > 0; pass 0 in eval
+    mode); ``seed`` fixes its mask (see :func:`dropout_mask`), drawn with :func:`new_seed` when None.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"`activation` must be one of {list(ACTIVATIONS)}; got {activation!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"`dropout` must be in [0, 1); got {dropout!r}")
+    if dropout > 0 and seed is None:
+        seed = new_seed()
+    return InABranch.apply(
+        x,
+        result,
+        lora_A,
+        lora_B,
+        float(scaling),
+        float(inhibition),
+        activation,
+        float(negative_slope),
+        float(dropout),
+        int(seed or 0),
+    )
+
+
+def supports(x: torch.Tensor, result: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor) -> bool:
+    """Whether :func:`ina_branch` computes these tensors as the reference path would.
+
+    ``x``, ``A`` and ``B`` share one floating dtype; ``result`` has it too or a narrower one (fp32 adapters
+    on a bf16 base, PEFT's default), in which case the output is in the adapter's dtype, as ``result + delta``.
+    """
+    dtype = x.dtype
+    return (
+        dtype in FAST_DTYPES
+        and result.dtype in FAST_DTYPES
+        and torch.promote_types(result.dtype, dtype) == dtype
+        and lora_A.dtype == dtype
+        and lora_B.dtype == dtype
+        and x.device == result.device == lora_A.device == lora_B.device
+        and x.dim() >= 1
+        and result.shape[:-1] == x.shape[:-1]
+    )
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
+def layer_forward(
+    module: Any, active_adapter: str, x: torch.Tensor, result: torch.Tensor, gate: Any
+) -> torch.Tensor | None:
+    """The fused branch for one adapter of a PEFT LoRA layer, or None where only the reference applies.
+
+    Falls back (returns None) when the fast path is switched off, under ``torch.compile`` (the compiler
+    fuses the reference graph itself), when A or B is not a bias-free ``nn.Linear``, when dropout is not
+    ``nn.Identity`` / ``nn.Dropout``, or when the tensors' dtypes or devices differ. Under autocast the
+    branch runs in the autocast dtype, as the reference's ``nn.Linear`` calls would.
+    """
+    if not _enabled or _is_compiling():
+        return None
+    lora_A = module.lora_A[active_adapter]
+    lora_B = module.lora_B[active_adapter]
+    dropout = module.lora_dropout[active_adapter]
+    if type(lora_A) is not torch.nn.Linear or type(lora_B) is not torch.nn.Linear:
+        return None
+    if lora_A.bias is not None or lora_B.bias is not None:
+        return None
+    if isinstance(dropout, torch.nn.Identity):
+        p = 0.0
+    elif type(dropout) is torch.nn.Dropout:
+        p = float(dropout.p) if dropout.training else 0.0
+    else:
+        return None
+    weight_A, weight_B = lora_A.weight, lora_B.weight
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight_A, weight_B = x.to(dtype), weight_A.to(dtype), weight_B.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            return _fused_or_none(x, result, weight_A, weight_B, module.scaling[active_adapter], gate, p)
+    return _fused_or_none(x, result, weight_A, weight_B, module.scaling[active_adapter], gate, p)
+
+
+def _fused_or_none(
+    x: torch.Tensor,
+    result: torch.Tensor,
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    scaling: float,
+    gate: Any,
+    p: float,
+) -> torch.Tensor | None:
+    if not supports(x, result, lora_A, lora_B):
+        return None
+    return ina_branch(
+        x, result, lora_A, lora_B, scaling, gate.inhibition, gate.activation, gate.negative_slope, dropout=p
+    )

@@ -1,0 +1,243 @@
+"""The fused InA branch (ina.core.fast) against the reference: `inhibit` plus plain matmuls, under autograd."""
+
+import pytest
+import torch
+from peft import get_peft_model
+
+from ina import InAConfig, inhibit
+from ina.core import fast
+from ina.core.functional import ACTIVATIONS
+from ina.testing import tiny_model
+
+SHAPES = [(6, 16), (2, 5, 16), (2, 3, 4, 16)]  # 2-D, 3-D, 4-D inputs, in = 16
+
+
+def reference(x, result, lora_A, lora_B, scaling, rho, activation, slope=0.01, mask=None, p=0.0):
+    """The reference path, written with `inhibit` and plain matmuls; `mask` is the dropout mask to apply."""
+    xd = x * mask / (1 - p) if mask is not None else x
+    h = xd @ lora_A.T
+    return result + (inhibit(h, rho, activation, slope) @ lora_B.T) * scaling
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def make(shape, r=4, d_out=12, dtype=torch.float32):
+    x = torch.randn(*shape, dtype=dtype)
+    result = torch.randn(*shape[:-1], d_out, dtype=dtype)
+    lora_A = torch.randn(r, shape[-1], dtype=dtype) / shape[-1] ** 0.5
+    lora_B = torch.randn(d_out, r, dtype=dtype)
+    return x, result, lora_A, lora_B
+
+
+def run(fn, tensors, **kwargs):
+    """Output and gradients of (x, result, A, B) for a fixed random upstream gradient."""
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*leaves, **kwargs)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
+    (out * upstream.to(out.dtype)).sum().backward()
+    return [out.detach(), *[t.grad for t in leaves]]
+
+
+def fused(x, result, lora_A, lora_B, scaling, rho, activation, slope=0.01, p=0.0, seed=None):
+    return fast.ina_branch(x, result, lora_A, lora_B, scaling, rho, activation, slope, dropout=p, seed=seed)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("rho", [0.0, 0.3, 0.9])
+def test_forward_and_backward_match_reference_fp32(shape, activation, rho):
+    tensors = make(shape)
+    expected = run(reference, tensors, scaling=2.0, rho=rho, activation=activation)
+    got = run(fused, tensors, scaling=2.0, rho=rho, activation=activation)
+    for name, g, e in zip(["output", "x", "result", "A", "B"], got, expected, strict=True):
+        assert g.shape == e.shape, name
+        assert rel_err(g, e) < 1e-5, (name, rel_err(g, e))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_forward_and_backward_match_reference_bf16(activation):
+    tensors = make((3, 7, 64), r=8, d_out=32, dtype=torch.bfloat16)
+    expected = run(reference, [t.float() for t in tensors], scaling=2.0, rho=0.3, activation=activation)
+    got = run(fused, tensors, scaling=2.0, rho=0.3, activation=activation)
+    for name, g, e in zip(["output", "x", "result", "A", "B"], got, expected, strict=True):
+        assert g.dtype == torch.bfloat16, name
+        assert rel_err(g, e) < 1e-2, (name, rel_err(g, e))
+
+
+def test_gradient_of_tied_maxima_is_split_like_amax():
+    x, result, lora_A, lora_B = make((2, 5, 16))
+    x = x.abs()
+    lora_A = lora_A.abs() * 0.1
+    lora_A[0] = lora_A[1] = 1.0  # rows 0 and 1 give the same, largest activation for every token
+    lora_B[:, 1] = lora_B[:, 0]  # and feed B the same way, so only the max's tie rule tells them apart
+    h = x @ lora_A.T
+    assert bool((h[..., 0] == h[..., 1]).all()) and bool((h.argmax(-1) <= 1).all())
+    tensors = (x, result, lora_A, lora_B)
+    expected = run(reference, tensors, scaling=1.0, rho=0.5, activation="leaky_relu")
+    got = run(fused, tensors, scaling=1.0, rho=0.5, activation="leaky_relu")
+    for name, g, e in zip(["output", "x", "result", "A", "B"], got, expected, strict=True):
+        assert rel_err(g, e) < 1e-5, (name, rel_err(g, e))
+    # split evenly between the tied maxima, the two rows of A get the same gradient (argmax-only would not)
+    torch.testing.assert_close(got[3][0], got[3][1])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_dropout_mask_is_reproduced_forward_and_backward(shape):
+    tensors = make(shape)
+    p, seed = 0.25, 1234
+    flat = (tensors[0].numel() // shape[-1], shape[-1])
+    mask = fast.dropout_mask(seed, flat, p, torch.float32, "cpu").view(shape)
+    assert 0.1 < 1 - mask.mean().item() < 0.4  # roughly p of the inputs are dropped
+    expected = run(reference, tensors, scaling=2.0, rho=0.3, activation="leaky_relu", mask=mask, p=p)
+    got = run(fused, tensors, scaling=2.0, rho=0.3, activation="leaky_relu", p=p, seed=seed)
+    for name, g, e in zip(["output", "x", "result", "A", "B"], got, expected, strict=True):
+        assert rel_err(g, e) < 1e-5, (name, rel_err(g, e))
+    # without the mask, the outputs differ: dropout really was applied
+    undropped = run(reference, tensors, scaling=2.0, rho=0.3, activation="leaky_relu")
+    assert rel_err(got[0], undropped[0]) > 1e-3
+
+
+def test_dropout_seed_comes_from_torch_manual_seed():
+    tensors = make((4, 16))
+    torch.manual_seed(7)
+    first = fused(*tensors, scaling=1.0, rho=0.3, activation="leaky_relu", p=0.5)
+    torch.manual_seed(7)
+    again = fused(*tensors, scaling=1.0, rho=0.3, activation="leaky_relu", p=0.5)
+    other = fused(*tensors, scaling=1.0, rho=0.3, activation="leaky_relu", p=0.5)
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_saves_no_copy_of_x_and_no_mask(p):
+    """Everything kept for backward is x itself, A, B, or (*, r)-sized."""
+    x, result, lora_A, lora_B = (t.requires_grad_() for t in make((2, 8, 64), r=4, d_out=48))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        fused(x, result, lora_A, lora_B, scaling=1.0, rho=0.3, activation="leaky_relu", p=p)
+    assert saved
+    known = {
+        x.untyped_storage().data_ptr(),
+        lora_A.untyped_storage().data_ptr(),
+        lora_B.untyped_storage().data_ptr(),
+    }
+    for t in saved:
+        assert t.untyped_storage().data_ptr() in known or t.numel() <= 2 * 8 * 4, tuple(t.shape)
+
+
+def test_reference_path_keeps_a_copy_with_dropout():
+    """The measurement above can fail: the reference path (PEFT's nn.Dropout then A) saves a full copy."""
+    x = torch.randn(2, 8, 64, requires_grad=True)
+    lora_A = torch.nn.Linear(64, 4, bias=False)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        lora_A(torch.nn.functional.dropout(x, 0.1, training=True))
+    assert any(
+        t.shape == x.shape and t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr() for t in saved
+    )
+
+
+def test_rejects_bad_arguments_by_name():
+    tensors = make((4, 16))
+    with pytest.raises(ValueError, match="`activation`"):
+        fused(*tensors, scaling=1.0, rho=0.3, activation="relu")
+    with pytest.raises(ValueError, match="`dropout`"):
+        fused(*tensors, scaling=1.0, rho=0.3, activation="gelu", p=1.0)
+
+
+def _peft_model(dropout: float = 0.0):
+    model = get_peft_model(
+        tiny_model("llama"),
+        InAConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", inhibition=0.3),
+    )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # a non-zero adapter, so the branch matters
+    return model
+
+
+def _logits_and_grads(model, ids):
+    model.zero_grad(set_to_none=True)
+    logits = model(ids).logits
+    logits.square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return logits.detach(), grads
+
+
+def _fused_calls(model, ids):
+    calls = []
+    original = fast.InABranch.forward
+
+    def counting(ctx, *args):
+        calls.append(1)
+        return original(ctx, *args)
+
+    fast.InABranch.forward = staticmethod(counting)
+    try:
+        model(ids)
+    finally:
+        fast.InABranch.forward = staticmethod(original)
+    return len(calls)
+
+
+def test_peft_model_fast_path_gives_reference_logits_and_grads():
+    model = _peft_model(dropout=0.1).eval()  # dropout configured but inactive in eval mode
+    ids = torch.randint(4, 500, (2, 9))
+    with fast.enabled(False):
+        assert _fused_calls(model, ids) == 0
+        ref_logits, ref_grads = _logits_and_grads(model, ids)
+    with fast.enabled(True):
+        assert _fused_calls(model, ids) == 2 * 7  # every adapted linear layer of the 2-layer model
+        logits, grads = _logits_and_grads(model, ids)
+    assert rel_err(logits, ref_logits) < 1e-5
+    assert grads.keys() == ref_grads.keys() and len(grads) == 2 * 2 * 7
+    for name, grad in grads.items():
+        assert rel_err(grad, ref_grads[name]) < 1e-5, name
+
+
+def test_peft_model_trains_with_fast_path_and_dropout():
+    model = _peft_model(dropout=0.1).train()
+    ids = torch.randint(4, 500, (2, 9))
+    assert _fused_calls(model, ids) == 2 * 7
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_narrower_result_dtype_is_widened_like_the_reference():
+    """fp32 adapters on a bf16 base (PEFT's default): `result + delta` promotes to fp32."""
+    x, result, lora_A, lora_B = make((2, 5, 16))
+    result = result.bfloat16()
+    expected = run(reference, (x, result, lora_A, lora_B), scaling=2.0, rho=0.3, activation="gelu")
+    got = run(fused, (x, result, lora_A, lora_B), scaling=2.0, rho=0.3, activation="gelu")
+    assert got[0].dtype == expected[0].dtype == torch.float32 and got[2].dtype == torch.bfloat16
+    for name, g, e in zip(["output", "x", "result", "A", "B"], got, expected, strict=True):
+        assert rel_err(g, e) < 1e-5, (name, rel_err(g, e))
+    assert not fast.supports(x.bfloat16(), result.float(), lora_A.bfloat16(), lora_B.bfloat16())
+
+
+def test_peft_model_fast_path_under_cpu_autocast():
+    """bf16 autocast: the fused branch runs in bf16 too, and is no further from fp32 than the reference."""
+    model = _peft_model().eval()
+    ids = torch.randint(4, 500, (2, 9))
+    exact_logits, exact_grads = _logits_and_grads(model, ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with fast.enabled(False):
+            ref_logits, ref_grads = _logits_and_grads(model, ids)
+        with fast.enabled(True):
+            assert _fused_calls(model, ids) == 2 * 7
+            logits, grads = _logits_and_grads(model, ids)
+    assert logits.dtype == ref_logits.dtype
+    assert rel_err(logits, exact_logits) <= rel_err(ref_logits, exact_logits) + 1e-2
+    for name, grad in grads.items():
+        assert grad.dtype == torch.float32
+        assert rel_err(grad, exact_grads[name]) <= rel_err(ref_grads[name], exact_grads[name]) + 2e-2, name
