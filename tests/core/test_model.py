@@ -272,3 +272,53 @@ def test_torch_compile_has_no_graph_breaks():
     assert explanation.graph_break_count == 0, explanation.break_reasons
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(input_ids=IDS).logits, output(model))
+
+
+def test_rank_and_alpha_patterns_and_layer_selection():
+    config = InAConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj"],
+        layers_to_transform=[1],
+        rank_pattern={"v_proj": 2},
+        alpha_pattern={"v_proj": 2},
+        use_rslora=True,
+    )
+    model = get_peft_model(tiny_model("llama"), config)
+    layers = model.base_model.model.model.layers
+    assert not hasattr(layers[0].self_attn.q_proj, "lora_A")
+    q, v = layers[1].self_attn.q_proj, layers[1].self_attn.v_proj
+    assert (q.r["default"], v.r["default"]) == (4, 2)
+    assert (q.scaling["default"], v.scaling["default"]) == (8 / 2, 2 / 2**0.5)
+    assert v.lora_variant["default"].gate.inhibition == 0.3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bitsandbytes quantization needs a CUDA device")
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_base_uses_the_same_per_token_gate(tmp_path, bits):
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    tiny_model("llama").save_pretrained(tmp_path)
+    quantization = (
+        BitsAndBytesConfig(load_in_4bit=True) if bits == 4 else BitsAndBytesConfig(load_in_8bit=True)
+    )
+    base = AutoModelForCausalLM.from_pretrained(
+        tmp_path, quantization_config=quantization, device_map={"": 0}
+    )
+    model = get_peft_model(base, InAConfig(r=4, target_modules=["q_proj", "v_proj"], inhibition=0.3))
+    randomize_adapters(model)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert type(layer).__name__ == ("Linear4bit" if bits == 4 else "Linear8bitLt")
+    x = torch.randn(2, 3, 32, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        expected = layer.base_layer(x).float() + ina.ina_delta(
+            x.float(),
+            layer.lora_A["default"].weight,
+            layer.lora_B["default"].weight,
+            layer.scaling["default"],
+            0.3,
+        )
+        torch.testing.assert_close(layer(x).float(), expected, rtol=2e-2, atol=2e-2)
+        model(input_ids=IDS.cuda())  # whole model: no crash on any leading shape
