@@ -1,0 +1,153 @@
+"""Generation with a base model and InA adapters, formatting prompts with the template used in training.
+
+model, tokenizer, template = load_for_generation("path/to/base", {"sentiment": "outputs/ina-finetune"})
+answers = generate_answers(model, tokenizer, template, [("Is this review positive?", "Great film.")])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ina.finetune.templates import PromptTemplate
+
+BASE = "__base__"  # adapter name meaning "no adapter", as in PEFT's mixed-batch API
+
+
+def parse_adapters(specs: list[str]) -> dict[str, str]:
+    """``--adapter NAME=PATH`` (or just ``PATH``: the folder's name is used) into ``{name: path}``."""
+    adapters: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            path, name = spec, Path(spec.rstrip("/")).name or "adapter"
+        if not name or not path:
+            raise ValueError(f"--adapter must be NAME=PATH or PATH; got {spec!r}")
+        if name in adapters or name == BASE:
+            raise ValueError(
+                f"--adapter name {name!r} is used twice (or is reserved); give each adapter its own NAME="
+            )
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise ValueError(
+                f"--adapter {spec!r}: {path!r} has no adapter_config.json (expected an adapter folder)"
+            )
+        adapters[name] = path
+    return adapters
+
+
+def base_model_of(adapter_path: str | os.PathLike[str]) -> str | None:
+    """The ``base_model_name_or_path`` recorded in an adapter's config, if any."""
+    config = json.loads((Path(adapter_path) / "adapter_config.json").read_text(encoding="utf-8"))
+    return config.get("base_model_name_or_path") or None
+
+
+def load_for_generation(
+    base_model: str | None, adapters: dict[str, str], template_name: str | None = None, dtype: str = "auto"
+) -> tuple[Any, Any, PromptTemplate]:
+    """The model (a `PeftModel` when adapters are given), its tokenizer, and the prompt template.
+
+    ``base_model`` defaults to the first adapter's recorded base, then to the embedded SmolLM2. The
+    template defaults to the one saved with the first adapter (``ina_prompt.json``), else ``chat`` when
+    the tokenizer has a chat template, else ``alpaca``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ina import load_adapter
+
+    first = next(iter(adapters.values()), None)
+    name = base_model or (base_model_of(first) if first else None)
+    if not name:
+        from ina.embedded.smollm import ensure_model
+
+        name = str(ensure_model())
+    torch_dtype = torch.float32 if dtype == "auto" and not torch.cuda.is_available() else dtype
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    for adapter_name, path in adapters.items():
+        model = load_adapter(model, path, adapter_name=adapter_name)
+    model.eval()
+    template = None
+    if template_name and template_name != "auto":
+        template = PromptTemplate.load(template_name)
+    elif first:
+        template = PromptTemplate.from_adapter(first)
+    if template is None:
+        template = PromptTemplate.load("chat" if getattr(tokenizer, "chat_template", None) else "alpaca")
+    return model, tokenizer, template
+
+
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    template: PromptTemplate,
+    prompts: list[tuple[str, str]],
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    adapter_names: list[str] | None = None,
+    streamer: Any = None,
+    **sampling: Any,
+) -> list[str]:
+    """Answers to ``(instruction, input)`` prompts; greedy unless ``sampling`` says otherwise.
+
+    ``adapter_names`` (one per prompt, ``"__base__"`` for none) runs a mixed-adapter batch.
+    """
+    import torch
+
+    texts = [template.prompt(instruction, input_text, tokenizer) for instruction, input_text in prompts]
+    answers: list[str] = []
+    device = next(model.parameters()).device
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=not template.chat)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            kwargs = dict(sampling)
+            kwargs.setdefault("do_sample", False)
+            if adapter_names is not None:
+                kwargs["adapter_names"] = adapter_names[start : start + batch_size]
+            with torch.no_grad():
+                output = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    streamer=streamer,
+                    **kwargs,
+                )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            answers += [
+                template.response(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            ]
+    finally:
+        tokenizer.padding_side = padding_side
+    return answers
+
+
+def read_prompts(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """Prompts from a file: JSON/JSONL records (``instruction`` + ``input``, or ``prompt``), else one per line."""
+    text = Path(path).read_text(encoding="utf-8")
+    prompts: list[tuple[str, str]] = []
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        records = json.loads(text)
+    elif stripped.startswith("{"):
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        return [(line.strip(), "") for line in text.splitlines() if line.strip()]
+    for number, record in enumerate(records, start=1):
+        if isinstance(record, str):
+            prompts.append((record, ""))
+            continue
+        instruction = record.get("instruction", record.get("prompt"))
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"{path}: record {number} needs a non-empty `instruction` (or `prompt`) string")
+        prompts.append((instruction, record.get("input") or ""))
+    return prompts
