@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Rooms whose `cli.register(subparsers)` adds subcommands, in the order `ina --help` lists them.
-ROOMS: tuple[str, ...] = ("ina.core.cli", "ina.serve.cli")
+ROOMS: tuple[str, ...] = ("ina.core.cli", "ina.experiments.cli", "ina.viz.cli", "ina.finetune.cli", "ina.serve.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
