@@ -43,7 +43,12 @@ def resolve_layers(layers: Sequence[int] | None, total: int) -> list[int]:
     ``None`` gives the first four and last four layers (every layer of a model with at most eight).
     Raises ``ValueError`` naming the rule and the value for 0 or a number outside ``[-total, total]``.
     """
-    requested = list(DEFAULT_LAYERS) if layers is None else list(layers)
+    if layers is None:  # the first four and the last four, overlapping on shallow models
+        return sorted(
+            {n for n in DEFAULT_LAYERS if 0 < n <= total}
+            | {total + 1 + n for n in DEFAULT_LAYERS if -total <= n < 0}
+        )
+    requested = list(layers)
     if not requested:
         raise ValueError("`layers` must name at least one layer; got an empty list")
     resolved: list[int] = []
@@ -58,8 +63,6 @@ def resolve_layers(layers: Sequence[int] | None, total: int) -> list[int]:
         number = layer if layer > 0 else total + 1 + layer
         if number not in resolved:
             resolved.append(number)
-    if layers is None:
-        resolved.sort()
     return resolved
 
 

@@ -1,0 +1,300 @@
+"""Drawing the numbers that attention.py, inhibition.py and curves.py compute (matplotlib, Agg backend).
+
+Every function takes plain data (lists, dicts) and writes a PNG atomically; none runs a model.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ina.viz.models import write_bytes
+
+MASKED_COLOUR = "#f2f2f2"  # future positions of causal models: not attended, drawn blank
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def token_labels(tokens: Sequence[str], token_texts: Sequence[str] | None = None) -> list[str]:
+    """Readable axis labels: the decoded token, with leading/trailing spaces dropped and blanks made visible."""
+    labels = []
+    for i, token in enumerate(tokens):
+        text = token_texts[i] if token_texts is not None else token
+        text = text.replace("\n", "\\n").strip()
+        labels.append(text if text else repr(token)[1:-1] or "␣")
+    return labels
+
+
+def save_figure(figure: Any, path: Path, dpi: int = 110) -> None:
+    """Save ``figure`` as PNG at ``path`` atomically and close it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    _pyplot().close(figure)
+    write_bytes(path, buffer.getvalue())
+
+
+def png_bytes(figure: Any, dpi: int = 100) -> bytes:
+    """The PNG of ``figure`` (closed afterwards), for embedding in HTML."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    _pyplot().close(figure)
+    return buffer.getvalue()
+
+
+def _masked(matrix: np.ndarray, causal: bool) -> np.ma.MaskedArray:
+    mask = np.triu(np.ones_like(matrix, dtype=bool), k=1) if causal else np.zeros_like(matrix, dtype=bool)
+    return np.ma.masked_array(matrix, mask=mask)
+
+
+def _panel(
+    axis: Any, matrix: np.ndarray, labels: list[str], x_labels: bool, y_labels: bool, **imshow: Any
+) -> Any:
+    image = axis.imshow(matrix, interpolation="nearest", aspect="equal", **imshow)
+    size = max(4.0, min(9.0, 180.0 / max(len(labels), 1)))
+    axis.set_xticks(range(len(labels)))
+    axis.set_yticks(range(len(labels)))
+    axis.set_xticklabels(labels if x_labels else [], rotation=90, fontsize=size)
+    axis.set_yticklabels(labels if y_labels else [], fontsize=size)
+    axis.tick_params(length=0)
+    return image
+
+
+def attention_grid(
+    columns: Sequence[dict], names: Sequence[str], path: Path, title: str | None = None, gamma: float = 0.5
+) -> dict[str, float]:
+    """One PNG: rows = layers, columns = the models (base, then each adapter), one shared colour scale.
+
+    ``columns`` are :func:`ina.viz.attention.compute_attention` results on the same text and layers.
+    The scale is a power norm (``gamma``) from 0 to the largest weight of the whole grid, so that the
+    weak weights stay visible next to the [CLS]/[SEP] sinks; causal models' future positions are blank.
+    Returns the scale used.
+    """
+    from matplotlib import colors
+
+    plt = _pyplot()
+    first = columns[0]
+    layers = first["layers"]
+    labels = token_labels(first["tokens"], first.get("token_texts"))
+    vmax = max(float(np.max(m)) for column in columns for m in column["attention"])
+    norm = colors.PowerNorm(gamma=gamma, vmin=0.0, vmax=vmax)
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad(MASKED_COLOUR)
+    panel = max(2.4, 0.16 * len(labels) + 0.9)
+    figure, axes = plt.subplots(
+        len(layers),
+        len(columns),
+        figsize=(panel * len(columns) + 1.2, panel * len(layers) + 0.6),
+        layout="constrained",
+        squeeze=False,
+    )
+    image = None
+    for row, layer in enumerate(layers):
+        for col, column in enumerate(columns):
+            axis = axes[row][col]
+            matrix = _masked(np.asarray(column["attention"][row]), column["causal"])
+            image = _panel(
+                axis, matrix, labels, x_labels=row == len(layers) - 1, y_labels=col == 0, cmap=cmap, norm=norm
+            )
+            if row == 0:
+                axis.set_title(names[col], fontsize=11, fontweight="bold")
+            if col == 0:
+                axis.set_ylabel(f"layer {layer}", fontsize=10, fontweight="bold")
+    bar = figure.colorbar(image, ax=axes, shrink=0.5)
+    bar.set_label(f"attention weight (mean over heads; power scale γ={gamma})")
+    if title:
+        figure.suptitle(title, fontsize=12)
+    save_figure(figure, path)
+    return {"vmin": 0.0, "vmax": vmax, "gamma": gamma}
+
+
+def layer_figure_png(
+    columns: Sequence[dict], names: Sequence[str], row: int, vmax: float, moved_max: float, gamma: float = 0.5
+) -> bytes:
+    """PNG bytes for one layer: top row every model, bottom row each adapter minus the base ("attention moved")."""
+    from matplotlib import colors
+
+    plt = _pyplot()
+    labels = token_labels(columns[0]["tokens"], columns[0].get("token_texts"))
+    causal = columns[0]["causal"]
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad(MASKED_COLOUR)
+    diverging = plt.get_cmap("RdBu_r").copy()
+    diverging.set_bad(MASKED_COLOUR)
+    panel = max(2.4, 0.16 * len(labels) + 0.9)
+    rows = 2 if len(columns) > 1 else 1
+    figure, axes = plt.subplots(
+        rows,
+        len(columns),
+        figsize=(panel * len(columns) + 1.5, panel * rows),
+        squeeze=False,
+        layout="constrained",
+    )
+    base = np.asarray(columns[0]["attention"][row])
+    norm = colors.PowerNorm(gamma=gamma, vmin=0.0, vmax=vmax)
+    image = moved = None
+    for col, column in enumerate(columns):
+        image = _panel(
+            axes[0][col],
+            _masked(np.asarray(column["attention"][row]), causal),
+            labels,
+            x_labels=rows == 1,
+            y_labels=col == 0,
+            cmap=cmap,
+            norm=norm,
+        )
+        axes[0][col].set_title(names[col], fontsize=10, fontweight="bold")
+    if rows == 2:
+        axes[1][0].axis("off")
+        axes[1][0].text(
+            0.5,
+            0.5,
+            "attention moved\n(adapter − base)\nred: more, blue: less",
+            ha="center",
+            va="center",
+            fontsize=10,
+        )
+        limit = moved_max if moved_max > 0 else 1e-6
+        for col in range(1, len(columns)):
+            difference = np.asarray(columns[col]["attention"][row]) - base
+            moved = _panel(
+                axes[1][col],
+                _masked(difference, causal),
+                labels,
+                x_labels=True,
+                y_labels=col == 1,
+                cmap=diverging,
+                vmin=-limit,
+                vmax=limit,
+            )
+            axes[1][col].set_title(f"{names[col]} − {names[0]}", fontsize=9)
+        figure.colorbar(moved, ax=list(axes[1]), shrink=0.8, pad=0.02, label="change in weight")
+    figure.colorbar(image, ax=list(axes[0]), shrink=0.8, pad=0.02, label="weight")
+    return png_bytes(figure)
+
+
+def inhibition_plots(result: dict, path: Path) -> None:
+    """Three panels per adapted layer, one colour per adapter: share of rank units below the threshold,
+    the per-token maximum ``max_r(h)``, and ``‖adapter output‖ / ‖base output‖`` (box plots over tokens)."""
+    plt = _pyplot()
+    adapters = result["adapters"]
+    modules = adapters[0]["modules"]
+    names = [m["name"] for m in modules]
+    figure, axes = plt.subplots(
+        3,
+        1,
+        figsize=(max(8.0, 0.45 * len(names) * max(1, len(adapters)) ** 0.5 + 3), 11),
+        layout="constrained",
+    )
+    panels = [
+        ("below_threshold", "share of rank units below ρ·max_r(h)\n(per token)"),
+        ("token_max", "per-token max_r(h)"),
+        ("relative_norm", "‖adapter output‖ / ‖base output‖\n(per token)"),
+    ]
+    width = 0.8 / len(adapters)
+    colours = plt.get_cmap("tab10").colors
+    for axis, (key, ylabel) in zip(axes, panels, strict=True):
+        handles = []
+        for a, adapter in enumerate(adapters):
+            positions = [i - 0.4 + width * (a + 0.5) for i in range(len(names))]
+            data = [module[key] for module in adapter["modules"]]
+            boxes = axis.boxplot(
+                data,
+                positions=positions,
+                widths=width * 0.85,
+                patch_artist=True,
+                showfliers=False,
+                medianprops={"color": "black", "linewidth": 1},
+            )
+            for box in boxes["boxes"]:
+                box.set_facecolor(colours[a % len(colours)])
+                box.set_alpha(0.75)
+            handles.append(boxes["boxes"][0])
+        axis.set_ylabel(ylabel, fontsize=9)
+        axis.set_xticks(range(len(names)))
+        axis.set_xticklabels(names if axis is axes[-1] else [], rotation=90, fontsize=7)
+        axis.set_xlim(-0.6, len(names) - 0.4)
+        axis.grid(axis="y", alpha=0.3)
+        if axis is axes[0]:
+            axis.legend(
+                handles,
+                [f"{a['name']} (ρ={a['settings']['inhibition']:g})" for a in adapters],
+                fontsize=8,
+                loc="upper left",
+                bbox_to_anchor=(1.0, 1.0),
+            )
+    figure.suptitle(f"what the gate does: {result['base_model']}, {result['num_tokens']} tokens", fontsize=11)
+    save_figure(figure, path)
+
+
+def token_inhibition_heatmap(result: dict, path: Path, text_index: int = 0) -> None:
+    """For one text: share of rank units below the threshold, tokens × adapted layers, one panel per adapter."""
+    from matplotlib import colors
+
+    plt = _pyplot()
+    adapters = result["adapters"]
+    text = result["texts"][text_index]
+    labels = token_labels(text["tokens"], text["token_texts"])
+    names = [m["name"] for m in adapters[0]["modules"]]
+    figure, axes = plt.subplots(
+        len(adapters),
+        1,
+        figsize=(max(6.0, 0.18 * len(labels) + 2.5), (0.14 * len(names) + 1.2) * len(adapters)),
+        layout="constrained",
+        squeeze=False,
+    )
+    image = None
+    for a, adapter in enumerate(adapters):
+        matrix = np.asarray([m["per_text"][text_index]["below_threshold"] for m in adapter["modules"]])
+        axis = axes[a][0]
+        image = axis.imshow(
+            matrix, aspect="auto", cmap="magma", norm=colors.Normalize(0, 1), interpolation="nearest"
+        )
+        axis.set_yticks(range(len(names)))
+        axis.set_yticklabels(names, fontsize=6)
+        axis.set_xticks(range(len(labels)))
+        axis.set_xticklabels(labels if a == len(adapters) - 1 else [], rotation=90, fontsize=7)
+        axis.set_title(f"{adapter['name']} (ρ={adapter['settings']['inhibition']:g})", fontsize=9)
+    figure.colorbar(
+        image, ax=[row[0] for row in axes], shrink=0.6, label="share of rank units below threshold"
+    )
+    save_figure(figure, path)
+
+
+def loss_curves(runs: Sequence[dict], path: Path) -> None:
+    """Training (solid) and validation (dashed, dots) loss of several runs against the step, one colour per run."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 5), layout="constrained")
+    colours = plt.get_cmap("tab10").colors
+    for i, run in enumerate(runs):
+        colour = colours[i % len(colours)]
+        if run["train"]:
+            steps, losses = zip(*[(p["step"], p["loss"]) for p in run["train"]], strict=True)
+            axis.plot(steps, losses, color=colour, linewidth=1.4, label=f"{run['name']} train")
+        if run["eval"]:
+            steps, losses = zip(*[(p["step"], p["loss"]) for p in run["eval"]], strict=True)
+            axis.plot(
+                steps,
+                losses,
+                color=colour,
+                linestyle="--",
+                marker="o",
+                markersize=3,
+                label=f"{run['name']} validation",
+            )
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axis.set_title("training and validation loss")
+    save_figure(figure, path)
