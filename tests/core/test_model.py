@@ -243,6 +243,8 @@ def test_several_adapters_disable_and_mixed_batches():
 
     model.delete_adapter("strong")
     assert "strong" not in model.peft_config
+    q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert "strong" not in q_proj.lora_variant and "strong" not in q_proj.ina_gate
     model.set_adapter("default")
     torch.testing.assert_close(output(model), singles["default"], rtol=0, atol=0)
 

@@ -16,19 +16,25 @@ from torch import nn
 from ina.core.functional import inhibit
 
 
-class InhibitionGate:
-    """One adapter's gate ``f(h − ρ·max_r h)``: its settings, applied through :func:`inhibit`."""
+class InhibitionGate(nn.Module):
+    """One adapter's gate ``f(h − ρ·max_r h)``: its settings, applied through :func:`inhibit`.
+
+    A parameter-free module, registered on each adapted layer (``layer.ina_gate[adapter]``) so that
+    printing a model shows which layers are gated and how.
+    """
 
     def __init__(self, inhibition: float, activation: str, negative_slope: float) -> None:
+        super().__init__()
         self.inhibition = float(inhibition)
         self.activation = activation
         self.negative_slope = float(negative_slope)
 
-    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
         return inhibit(h, self.inhibition, self.activation, self.negative_slope)
 
-    def __repr__(self) -> str:
-        return f"InhibitionGate(inhibition={self.inhibition}, activation={self.activation!r})"
+    def extra_repr(self) -> str:
+        slope = f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else ""
+        return f"inhibition={self.inhibition}, activation={self.activation!r}{slope}"
 
 
 class MergeRefusedError(ValueError):
@@ -121,8 +127,19 @@ class InAEmbedding(Embedding):
 
 def attach_gate(layer: LoraLayer, adapter_name: str, gate: InhibitionGate) -> None:
     """Give ``layer``'s adapter ``adapter_name`` the gate; with ρ = 0 the adapter stays plain LoRA."""
+    detach_gate(layer, adapter_name)
     if gate.inhibition == 0:
-        layer.lora_variant.pop(adapter_name, None)
         return
+    if not hasattr(layer, "ina_gate"):
+        layer.ina_gate = nn.ModuleDict()
+    layer.ina_gate[adapter_name] = gate
     variant_cls = InAEmbeddingVariant if isinstance(layer, Embedding) else InALinearVariant
     layer.lora_variant[adapter_name] = variant_cls(gate)
+
+
+def detach_gate(layer: LoraLayer, adapter_name: str) -> None:
+    """Remove ``adapter_name``'s gate from ``layer`` (PEFT's own bookkeeping does not know about it)."""
+    layer.lora_variant.pop(adapter_name, None)
+    gates = getattr(layer, "ina_gate", None)
+    if gates is not None and adapter_name in gates:
+        del gates[adapter_name]

@@ -11,7 +11,14 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ina.core.config import InAConfig
-from ina.core.layer import InAEmbedding, InhibitionGate, MergeRefusedError, attach_gate, refuse_merge
+from ina.core.layer import (
+    InAEmbedding,
+    InhibitionGate,
+    MergeRefusedError,
+    attach_gate,
+    detach_gate,
+    refuse_merge,
+)
 
 SUPPORTED_BASE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D, nn.Embedding)
 SUPPORTED_NAMES = (
@@ -82,6 +89,13 @@ class InAModel(LoraModel):
             kwargs.pop("fan_in_fan_out", None)
             return InAEmbedding(target, adapter_name, config=lora_config, **kwargs)
         return LoraModel._create_new_module(lora_config, adapter_name, target, **kwargs)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Delete an adapter, its gates included."""
+        super().delete_adapter(adapter_name)
+        for module in self.model.modules():
+            if isinstance(module, lora_layers.LoraLayer):
+                detach_gate(module, adapter_name)
 
     def _refuse_nonlinear(self, adapter_names: list[str] | None) -> None:
         names = adapter_names if adapter_names is not None else list(self.active_adapters)
