@@ -93,11 +93,15 @@ class LiveServer:
 def engine(serve_files: ServeFiles) -> Iterator[object]:
     from ina.serve.engine import Engine
 
+    # One intra-op thread: a 2-layer model gains nothing from more, and loses a lot on a busy 2-core box.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     # float64: greedy ties between near-equal logits cannot flip between a batch and a lone request
     engine = Engine.load(serve_files.base, serve_files.adapters, base_model_id="tiny-llama", dtype="float64")
     engine.start()
     yield engine
     engine.shutdown()
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

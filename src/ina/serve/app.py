@@ -100,6 +100,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
         return {
             "status": "ok",
             "models": engine.model_ids,
+            "max_tokens_cap": settings.max_tokens_cap,
             "active": stats["active_rows"],
             "queued": stats["queued"],
         }

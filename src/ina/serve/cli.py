@@ -98,6 +98,10 @@ def _serve(args: argparse.Namespace) -> int:
     from ina.serve.engine import Engine
     from ina.serve.settings import ServeSettings, SettingsError
 
+    if args.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.num_threads))
     adapters = parse_adapters(args.adapter)
     base_model = args.base_model
     if base_model is None:

@@ -1,0 +1,108 @@
+"""Mixed-adapter batching: batched answers equal lone answers and an independent `generate`; slots are freed."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import torch
+
+from ina.serve.engine import SamplingParams
+
+PROMPTS = [
+    "I put my red bag in the black bag.",
+    "What is the colour of my bag?",
+    "Tell me a joke about a cat and a dog.",
+    "The quick brown fox",
+    "Below is an instruction",
+    "positive negative neutral",
+    "0 1 2 3",
+    "这个产品很好",
+]
+
+
+def _reference(engine: object, model: str, prompt_ids: list[int], max_tokens: int) -> list[int]:
+    """Greedy tokens from Hugging Face `generate` with PEFT's own adapter routing (not our decode loop)."""
+    adapter = engine.resolve(model)
+
+    def run() -> list[int]:
+        input_ids = torch.tensor([prompt_ids])
+        output = engine.model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            adapter_names=[adapter],
+            do_sample=False,
+            max_new_tokens=max_tokens,
+            pad_token_id=engine.pad_id,
+        )
+        return output[0, len(prompt_ids) :].tolist()
+
+    return engine.run_exclusive(run).result(timeout=60)
+
+
+def test_batched_rows_match_hf_generate(engine: object) -> None:
+    """Several adapters and prompt lengths in one batch; each row equals `generate` run alone."""
+    jobs = [(model, engine.encode_text(p)) for p in PROMPTS[:4] for model in engine.model_ids]
+    params = SamplingParams(max_tokens=8, temperature=0)
+    results = {}
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {pool.submit(engine.generate, m, ids, params, 60): (m, tuple(ids)) for m, ids in jobs}
+        for future, key in futures.items():
+            results[key] = future.result()
+    assert engine.stats()["max_adapters_in_step"] == 3
+    for (model, ids), result in results.items():
+        expected = _reference(engine, model, list(ids), 8)
+        eos = next((i for i, t in enumerate(expected) if t in engine.eos_ids), None)
+        assert result.token_ids == (expected if eos is None else expected[: eos + 1]), (model, ids)
+
+
+def test_32_concurrent_requests_across_two_adapters(client: openai.OpenAI, engine: object) -> None:
+    """32 concurrent chat requests (two adapters) all succeed, each equal to the same request sent alone."""
+    requests = [(model, prompt) for prompt in PROMPTS for model in ("ina03", "ina09")] * 2  # 32
+
+    def ask(job: tuple[str, str]) -> str:
+        model, prompt = job
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=10, temperature=0
+        )
+        return reply.choices[0].message.content or ""
+
+    alone = {job: ask(job) for job in set(requests)}  # one at a time
+    with ThreadPoolExecutor(32) as pool:
+        together = list(pool.map(ask, requests))
+    assert together == [alone[job] for job in requests]
+    assert engine.stats()["max_rows_in_step"] >= 8, "concurrent requests must share decode steps"
+
+
+def test_client_disconnect_mid_stream_frees_its_slot(server: object, engine: object) -> None:
+    # pick a request that greedily runs to max_tokens (so only cancellation can end it early)
+    body = None
+    for prompt in PROMPTS:
+        for model in engine.model_ids:
+            ids = engine.encode_text(prompt)
+            if (
+                engine.generate(model, ids, SamplingParams(max_tokens=64, temperature=0)).finish_reason
+                == "length"
+            ):
+                body = {"model": model, "prompt": prompt, "max_tokens": 64, "temperature": 0, "stream": True}
+                break
+        if body:
+            break
+    assert body is not None, "no prompt runs to max_tokens on the tiny model"
+    before = engine.stats()["cancelled"]
+    with (
+        httpx.Client(timeout=30) as http,
+        http.stream("POST", f"{server.url}/v1/completions", json=body) as reply,
+    ):
+        for line in reply.iter_lines():
+            if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["text"]:
+                break  # got some text: hang up now
+    deadline = time.time() + 10
+    while time.time() < deadline and engine.stats()["cancelled"] == before:
+        time.sleep(0.05)
+    assert engine.stats()["cancelled"] == before + 1
+    assert engine.stats()["active_rows"] == 0
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
