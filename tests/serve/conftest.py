@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -54,6 +55,12 @@ def serve_files(tmp_path_factory: pytest.TempPathFactory) -> ServeFiles:
     for seed, (name, inhibition) in enumerate(ADAPTERS.items(), start=1):
         make_adapter(base, root / name, inhibition, seed, targets[name])
         adapters[name] = str(root / name)
+    # ina09 says it was trained on Alpaca prompts, as `ina finetune --prompt_template_name alpaca` records
+    from ina.finetune.templates import PROMPT_FILE, PromptTemplate
+
+    (root / "ina09" / PROMPT_FILE).write_text(
+        json.dumps({"template": PromptTemplate.load("alpaca").to_json()})
+    )
     return ServeFiles(base, adapters)
 
 

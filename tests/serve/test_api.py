@@ -108,6 +108,15 @@ def test_seed_instruction_route(server: object, engine: object) -> None:
     assert httpx.post(f"{server.url}/completion/", json=body).json()["response"] == expected
 
 
+def test_prompt_template_follows_the_adapter(engine: object) -> None:
+    """ina09 was trained on Alpaca prompts (its ina_prompt.json), so chat turns become Alpaca instructions."""
+    messages = [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Name a colour"}]
+    alpaca = engine.tokenizer.decode(engine.encode_chat("ina09", messages))
+    assert "### Instruction:\nName a colour\n\n### Response:\n" in alpaca
+    chat = engine.tokenizer.decode(engine.encode_chat("ina03", messages))
+    assert "<|im_start|>user\nName a colour<|im_end|>" in chat and chat.endswith("<|im_start|>assistant\n")
+
+
 def test_health_is_public(server: object) -> None:
     data = httpx.get(f"{server.url}/health").json()
     assert data["status"] == "ok" and data["models"] == ["tiny-llama", "ina03", "ina09"]

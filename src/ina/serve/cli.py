@@ -80,14 +80,12 @@ def parse_adapters(values: list[str]) -> dict[str, str]:
 
 
 def default_adapters() -> dict[str, str]:
-    """The adapter `ina finetune` writes by default, when it exists (served when no flags are given)."""
-    try:
-        from ina.finetune import DEFAULT_OUTPUT_DIR  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
-    path = Path(DEFAULT_OUTPUT_DIR)
+    """The adapter a plain `ina finetune` writes (its quick default output folder), when it exists."""
+    from ina.finetune.arguments import QUICK_DEFAULTS
+
+    path = Path(QUICK_DEFAULTS["output_dir"])
     if (path / "adapter_config.json").is_file():
-        return {path.name.replace(".", "-") or "finetuned": str(path)}
+        return {path.name: str(path)}
     return {}
 
 

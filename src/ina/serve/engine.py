@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import inspect
 import itertools
-import json
 import logging
 import queue
 import random
@@ -39,20 +38,6 @@ from torch import nn
 from ina.serve.settings import BASE_ADAPTER
 
 logger = logging.getLogger("ina.serve")
-
-PROMPT_FILE = "ina_prompt.json"
-# Stanford Alpaca's prompts: the fallback when ina.finetune's template files are not installed.
-ALPACA = {
-    "prompt_input": (
-        "Below is an instruction that describes a task, paired with an input that provides further context. "
-        "Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-    ),
-    "prompt_no_input": (
-        "Below is an instruction that describes a task. Write a response that appropriately completes the "
-        "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-    ),
-}
 
 
 class EngineError(Exception):
@@ -195,7 +180,7 @@ class Engine:
         model: a causal LM; a ``PeftModel`` when adapters are served.
         tokenizer: its tokenizer (a chat template is used for chat requests when it has one).
         base_model_id: the model id that means the base model (adapter ``"__base__"``).
-        prompt_templates: adapter name -> prompt template name read from its ``ina_prompt.json``.
+        prompt_templates: adapter name -> the prompt template it was trained with (``ina_prompt.json``).
         max_batch_size: rows decoded at once; more requests wait in the queue.
         batch_window_ms: how long an idle worker waits for more requests before starting a batch.
         max_queue: requests waiting beyond this are refused with :class:`OverloadedError`.
@@ -206,7 +191,7 @@ class Engine:
         model: nn.Module,
         tokenizer: Any,
         base_model_id: str = "base",
-        prompt_templates: dict[str, str] | None = None,
+        prompt_templates: dict[str, Any] | None = None,
         max_batch_size: int = 32,
         batch_window_ms: float = 5.0,
         max_queue: int = 256,
@@ -278,10 +263,12 @@ class Engine:
             torch_dtype = getattr(torch, dtype)
         model: nn.Module = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(base_model))
+        from ina.finetune.templates import PromptTemplate
+
         templates = {}
         for name, path in (adapters or {}).items():
             model = ina.load_adapter(model, path, adapter_name=name)
-            template = read_prompt_template(path)
+            template = PromptTemplate.from_adapter(path)
             if template is not None:
                 templates[name] = template
         model.to(device)
@@ -320,15 +307,15 @@ class Engine:
         the last user message as the instruction, in that template, as it saw in training.
         """
         adapter = self.resolve(model_id)
-        template = load_template(self.prompt_templates[adapter]) if adapter in self.prompt_templates else None
-        if template is not None and not template.get("chat"):
+        template = self.prompt_templates.get(adapter)
+        if template is not None and not template.chat:
             users = [m["content"] for m in messages if m["role"] == "user"]
             if not users:
                 raise PromptError(
                     f"`messages` must contain a user message for {model_id!r} (an instruction-tuned adapter)",
                     "messages",
                 )
-            return self.encode_text(format_instruction(template, users[-1]), "messages")
+            return self.encode_text(template.prompt(users[-1]), "messages")
         if getattr(self.tokenizer, "chat_template", None):
             with self._tokenizer_lock:
                 text = self.tokenizer.apply_chat_template(
@@ -341,15 +328,17 @@ class Engine:
     def encode_instruction(self, model_id: str, instruction: str, input: str = "") -> list[int]:
         """Token ids of an instruction prompt (the seed's ``/completion``).
 
-        The template is the adapter's (from its ``ina_prompt.json``), else Alpaca's; a "chat" template
-        sends the instruction and input as one user turn through the tokenizer's chat template.
+        The template is the one the adapter was trained with (its ``ina_prompt.json``), else Alpaca's;
+        a ``chat`` template sends instruction and input as one user turn through the chat template.
         """
+        from ina.finetune.templates import PromptTemplate
+
         adapter = self.resolve(model_id)
-        template = load_template(self.prompt_templates.get(adapter, "alpaca"))
-        if template.get("chat"):
-            content = f"{instruction}\n\n{input}" if input else instruction
-            return self.encode_chat(self.base_model_id, [{"role": "user", "content": content}])
-        return self.encode_text(format_instruction(template, instruction, input), "instruction")
+        template = self.prompt_templates.get(adapter) or PromptTemplate.load("alpaca")
+        if template.chat:
+            user = instruction if not input.strip() else f"{instruction}\n\n{input}"
+            return self.encode_chat(model_id, [{"role": "user", "content": user}])
+        return self.encode_text(template.prompt(instruction, input), "instruction")
 
     def check_length(self, prompt_ids: list[int], max_tokens: int, param: str) -> None:
         """Refuse a prompt that, with ``max_tokens`` new tokens, does not fit the model's context."""
@@ -698,35 +687,3 @@ class Engine:
     def _fail(self, rows: list[_Row], error: Exception) -> None:
         for row in rows:
             self._finish(row, "error", error=f"{type(error).__name__}: {error}")
-
-
-def read_prompt_template(adapter_path: str | Path) -> str | None:
-    """The prompt template name an adapter folder's ``ina_prompt.json`` records, if any."""
-    path = Path(adapter_path) / PROMPT_FILE
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    name = (data.get("template") or data.get("name")) if isinstance(data, dict) else None
-    return str(name) if name else None
-
-
-def load_template(name: str) -> dict[str, Any]:
-    """Prompt template ``name`` from ina.finetune's template files (alpaca-lora's JSON format).
-
-    Falls back to Alpaca's prompts when the file is absent; a template with ``"chat": true`` means the
-    tokenizer's chat template.
-    """
-    try:
-        from importlib import resources
-
-        text = (resources.files("ina.finetune") / "templates" / f"{name}.json").read_text(encoding="utf-8")
-    except (ImportError, FileNotFoundError, OSError):
-        return dict(ALPACA)
-    return dict(json.loads(text))
-
-
-def format_instruction(template: dict[str, Any], instruction: str, input: str = "") -> str:
-    """``instruction`` (and ``input``, if any) rendered in an alpaca-style ``template``."""
-    if input:
-        return str(template["prompt_input"]).format(instruction=instruction, input=input)
-    return str(template["prompt_no_input"]).format(instruction=instruction)
