@@ -88,8 +88,7 @@ def attention_grid(
     labels = token_labels(first["tokens"], first.get("token_texts"))
     vmax = max(float(np.max(m)) for column in columns for m in column["attention"])
     norm = colors.PowerNorm(gamma=gamma, vmin=0.0, vmax=vmax)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad(MASKED_COLOUR)
+    cmap = plt.get_cmap("viridis").with_extremes(bad=MASKED_COLOUR)
     panel = max(2.4, 0.16 * len(labels) + 0.9)
     figure, axes = plt.subplots(
         len(layers),
@@ -127,10 +126,8 @@ def layer_figure_png(
     plt = _pyplot()
     labels = token_labels(columns[0]["tokens"], columns[0].get("token_texts"))
     causal = columns[0]["causal"]
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad(MASKED_COLOUR)
-    diverging = plt.get_cmap("RdBu_r").copy()
-    diverging.set_bad(MASKED_COLOUR)
+    cmap = plt.get_cmap("viridis").with_extremes(bad=MASKED_COLOUR)
+    diverging = plt.get_cmap("RdBu_r").with_extremes(bad=MASKED_COLOUR)
     panel = max(2.4, 0.16 * len(labels) + 0.9)
     rows = 2 if len(columns) > 1 else 1
     figure, axes = plt.subplots(

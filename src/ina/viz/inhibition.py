@@ -82,6 +82,9 @@ def compute_inhibition(model: nn.Module, tokenizer: Any, texts: Sequence[str], a
     """
     from ina.viz.models import adapter_settings
 
+    forward_kwargs(model, adapter_name)  # checks the name
+    if adapter_name is None:
+        raise ValueError("`adapter_name` must name a loaded adapter: the base model has no gate to measure")
     settings = adapter_settings(model, adapter_name)
     modules = adapted_modules(model, adapter_name)
     if not modules:

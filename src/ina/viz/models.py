@@ -32,6 +32,10 @@ def parse_adapter(value: str) -> AdapterSpec:
         raise ValueError(f"--adapter must be NAME=PATH (e.g. ina30=runs/ina-0.3); got {value!r}")
     if name == "base" or name.startswith("__"):
         raise ValueError(f"--adapter: the name {name!r} is reserved for the base model; choose another NAME")
+    if name in "lora_":  # PEFT finds adapter weights by the prefix "lora_"; such a name may reinitialise them
+        raise ValueError(
+            f"--adapter: the name {name!r} is part of PEFT's parameter prefix 'lora_'; choose another NAME (e.g. lora0)"
+        )
     if not (Path(path) / "adapter_config.json").is_file():
         raise ValueError(
             f"--adapter {value!r}: {path!r} has no adapter_config.json; give the folder that "
@@ -98,7 +102,8 @@ def check_adapter_loaded(model: nn.Module, spec: AdapterSpec) -> None:
         raise ValueError(
             f"--adapter {spec.name}={spec.path}: {len(missing)} adapted module(s) of the file are not in the "
             f"loaded model (first: {missing[0]!r}); the adapter was trained on another base model or head. "
-            "Pass the --base_model it was trained on"
+            f"Pass the --base_model it was trained on, with the head its adapter_config.json `task_type` names "
+            f"(here {model.peft_config[spec.name].task_type!r}; None loads the bare model)"
         )
 
 
@@ -151,7 +156,13 @@ def load_models(
     except OSError as error:
         raise ValueError(f"--base_model {base_model!r}: cannot load it{hint}: {error}") from error
     for spec in adapters:
-        model = ina.load_adapter(model, spec.path, adapter_name=spec.name)
+        try:
+            model = ina.load_adapter(model, spec.path, adapter_name=spec.name)
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise ValueError(
+                f"--adapter {spec.name}={spec.path}: cannot load it onto --base_model {base_model!r}; was it trained "
+                f"on another base model? ({error})"
+            ) from error
         check_adapter_loaded(model, spec)
     model.to(device)
     model.eval()
