@@ -12,7 +12,14 @@ import sys
 from collections.abc import Sequence
 
 # Rooms whose `cli.register(subparsers)` adds subcommands, in the order `ina --help` lists them.
-ROOMS: tuple[str, ...] = ("ina.core.cli", "ina.experiments.cli", "ina.viz.cli", "ina.finetune.cli", "ina.serve.cli")
+ROOMS: tuple[str, ...] = (
+    "ina.core.cli",
+    "ina.experiments.cli",
+    "ina.viz.cli",
+    "ina.finetune.cli",
+    "ina.serve.cli",
+    "ina.bench.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

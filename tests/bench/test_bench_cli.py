@@ -1,0 +1,78 @@
+"""`ina bench` end to end on the tiny preset (a smoke test of the command, not a benchmark)."""
+
+import json
+
+import pytest
+
+from ina.cli import main
+from ina.core.layer import InALinearVariant
+
+SMALL = ["--preset", "tiny", "--batch", "1", "--seq", "16", "--warmup", "1"]
+
+
+def test_bench_runs_every_variant_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "out" / "bench.json"
+    code = main(
+        ["bench", *SMALL, "--steps", "2", "--targets", "all-linear", "--decode", "--decode-tokens", "3",
+         "--decode-rounds", "1", "--json", str(path)]
+    )  # fmt: skip
+    assert code == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| variant |") and "ina-fast" in table
+    report = json.loads(path.read_text())
+    assert list(report["variants"]) == ["base", "lora", "ina-reference", "ina-fast"]
+    assert report["environment"]["batch"] == 1 and report["environment"]["seq"] == 16
+    variants = report["variants"]
+    assert variants["base"]["trainable_parameters"] == 0
+    # r · (in + out) for q, k, v, o, gate, up, down of 4 layers (hidden 128, kv 64, intermediate 352)
+    expected = 4 * 8 * ((128 + 128) * 2 + (128 + 64) * 2 + (128 + 352) * 3)
+    for name in ("lora", "ina-reference", "ina-fast"):
+        assert variants[name]["trainable_parameters"] == expected
+    for name, result in variants.items():
+        assert len(result["step_ms_all"]) == 2 and result["step_ms"]["median"] > 0, name
+        assert result["decode_ms_per_token"]["median"] > 0, name
+        assert result["saved_for_backward_bytes"] > 0, name
+    assert report["ratios"]["base"]["step_vs_base"] == 1.0
+    saved = {name: result["saved_for_backward_bytes"] for name, result in variants.items()}
+    # adapters keep more for backward than the frozen base; with dropout, the fused path keeps no copy of x
+    assert saved["lora"] > saved["base"]
+    if "layer_forward" in InALinearVariant.forward.__code__.co_names:  # the layers dispatch to the fused path
+        assert saved["ina-fast"] < saved["ina-reference"]
+
+
+def test_bench_without_dropout_fused_path_saves_no_more_than_lora(tmp_path):
+    path = tmp_path / "bench.json"
+    assert (
+        main(
+            [
+                "bench",
+                *SMALL,
+                "--steps",
+                "1",
+                "--dropout",
+                "0",
+                "--variants",
+                "lora,ina-fast",
+                "--json",
+                str(path),
+            ]
+        )
+        == 0
+    )
+    saved = {n: r["saved_for_backward_bytes"] for n, r in json.loads(path.read_text())["variants"].items()}
+    if "layer_forward" in InALinearVariant.forward.__code__.co_names:
+        assert saved["ina-fast"] <= saved["lora"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--steps", "0"], "--steps must be ≥ 1; got 0"),
+        (["--variants", "base,qlora"], "--variants must be"),
+        (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+        (["--inhibition", "0"], "--inhibition must be in (0, 1)"),
+    ],
+)
+def test_bench_rejects_bad_flags_by_name(flags, message, capsys):
+    assert main(["bench", *SMALL, *flags]) == 2
+    assert message in capsys.readouterr().err
