@@ -57,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     serve.add_argument(
+        "--num_threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 suits tiny models)",
+    )
+    serve.add_argument(
         "--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.set_defaults(handler=_serve)
