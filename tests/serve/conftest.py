@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,27 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from ina.serve.bench import save_demo_adapter
+from ina.serve.server import LiveServer
+
 ADAPTERS = {"ina03": 0.3, "ina09": 0.9}
-
-
-def make_adapter(base_dir: Path, out: Path, inhibition: float, seed: int, targets: list[str]) -> None:
-    """Save an InA adapter whose B matrices are non-zero, so it visibly changes the model."""
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    import ina
-
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    config = ina.InAConfig(
-        r=4, lora_alpha=8, target_modules=targets, inhibition=inhibition, task_type="CAUSAL_LM"
-    )
-    peft_model = get_peft_model(model, config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in peft_model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-    peft_model.save_pretrained(out)
 
 
 @dataclass
@@ -53,7 +33,7 @@ def serve_files(tmp_path_factory: pytest.TempPathFactory) -> ServeFiles:
     adapters = {}
     targets = {"ina03": ["q_proj", "v_proj"], "ina09": ["q_proj", "v_proj", "up_proj"]}
     for seed, (name, inhibition) in enumerate(ADAPTERS.items(), start=1):
-        make_adapter(base, root / name, inhibition, seed, targets[name])
+        save_demo_adapter(base, root / name, inhibition, seed, targets[name])
         adapters[name] = str(root / name)
     # ina09 says it was trained on Alpaca prompts, as `ina finetune --prompt_template_name alpaca` records
     from ina.finetune.templates import PROMPT_FILE, PromptTemplate
@@ -62,38 +42,6 @@ def serve_files(tmp_path_factory: pytest.TempPathFactory) -> ServeFiles:
         json.dumps({"template": PromptTemplate.load("alpaca").to_json()})
     )
     return ServeFiles(base, adapters)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class LiveServer:
-    """uvicorn serving ``app`` on a free loopback port in a background thread."""
-
-    def __init__(self, app: object) -> None:
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from ina.serve.engine import SamplingParams
+from ina.serve.server import LiveServer
 
 
 def test_models_lists_base_and_adapters(client: openai.OpenAI) -> None:
@@ -192,8 +193,6 @@ def test_malformed_json_oversized_body_unknown_route(server: object) -> None:
 
 
 def test_api_key_guards_every_route_but_health(engine: object, serve_files: object) -> None:
-    from conftest import LiveServer
-
     from ina.serve.app import create_app
     from ina.serve.settings import ServeSettings
 

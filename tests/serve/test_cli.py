@@ -10,9 +10,10 @@ import time
 
 import httpx
 import pytest
-from conftest import ServeFiles, free_port
+from conftest import ServeFiles
 
 from ina.cli import main
+from ina.serve.server import free_port
 
 
 def test_ina_serve_process_answers_and_stops(serve_files: ServeFiles) -> None:

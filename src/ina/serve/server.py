@@ -1,0 +1,55 @@
+"""Run an app with uvicorn in a background thread (tests, the benchmark, notebooks)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """uvicorn serving ``app`` on ``host``:``port`` (a free loopback port by default) in a daemon thread.
+
+    with LiveServer(create_app(engine, settings)) as live:
+        httpx.get(f"{live.url}/health")
+    """
+
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int | None = None, log_level: str = "warning"
+    ) -> None:
+        import uvicorn
+
+        self.port = port or free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        config = uvicorn.Config(app, host=host, port=self.port, log_level=log_level, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="ina-serve-uvicorn", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> LiveServer:
+        """Start serving; returns once uvicorn accepts connections."""
+        self.thread.start()
+        deadline = time.time() + timeout
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"uvicorn did not start on {self.url}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask uvicorn to exit and wait for its thread."""
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self) -> LiveServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
