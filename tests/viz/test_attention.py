@@ -147,3 +147,25 @@ def test_bad_inputs_are_clear_errors(tokenizer):
         compute_attention(model, tokenizer, "")
     with pytest.raises(ValueError, match="`adapter_name` must be None for a model without adapters"):
         compute_attention(tiny_model("bert"), tokenizer, TEXT, adapter_name="default")
+
+
+def test_encoder_pair_uses_the_tokenizers_template():
+    """With a real WordPiece tokenizer (MiniLM's, when installed): [CLS] a [SEP] b [SEP] and segment ids."""
+    minilm = pytest.importorskip("ina.embedded.minilm")
+    try:
+        path = minilm.model_path()
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = tiny_model("bert", head="base", attn_implementation="eager", vocab_size=len(tokenizer))
+    result = compute_attention(model, tokenizer, TEXT, PAIR, layers=[1])
+    tokens = result["tokens"]
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and tokens.count("[SEP]") == 2
+    assert tokens[tokens.index("[SEP]") + 1] == "what"
+    encoded = tokenizer(TEXT, PAIR, return_tensors="pt")
+    expected = manual_bert_layer1(
+        model, encoded["input_ids"], encoded["token_type_ids"]
+    )  # segment ids matter
+    np.testing.assert_allclose(np.asarray(result["attention"][0]), expected.numpy(), atol=1e-5)

@@ -177,7 +177,7 @@ def read_texts(path: Path, limit: int) -> list[str]:
 
 def _attention(args: argparse.Namespace) -> int:
     from ina.viz.attention import num_layers
-    from ina.viz.models import load_models, parse_adapter
+    from ina.viz.models import display_name, load_models, parse_adapter
     from ina.viz.report import attention_report
 
     every_layer = args.layers is not None and args.layers.strip() == "all"
@@ -194,7 +194,7 @@ def _attention(args: argparse.Namespace) -> int:
         args.text_pair,
         layers,
         args.out,
-        base_model=args.base_model,
+        base_model=display_name(args.base_model),
     )
     if data["truncated"]:
         print(
@@ -216,7 +216,7 @@ def _summary_lines(data: dict) -> list[str]:
 
 
 def _inhibition(args: argparse.Namespace) -> int:
-    from ina.viz.models import load_models, parse_adapter
+    from ina.viz.models import display_name, load_models, parse_adapter
     from ina.viz.report import inhibition_report, markdown_tables
 
     texts = args.text[: args.max_texts] if args.text else read_texts(args.data, args.max_texts)
@@ -228,7 +228,7 @@ def _inhibition(args: argparse.Namespace) -> int:
         [(a.name, str(a.path)) for a in adapters],
         texts,
         args.out,
-        base_model=args.base_model,
+        base_model=display_name(args.base_model),
     )
     truncated = sorted({i for a in result["adapters"] for i in a["truncated"]})
     if truncated:

@@ -10,8 +10,8 @@ from typing import Any
 
 from torch import nn
 
-# Short names for the offline defaults (see ina.embedded).
-ALIASES: tuple[str, ...] = ("minilm", "smollm")
+# Short names for the offline defaults (see ina.embedded) and the models they stand for.
+ALIASES: dict[str, str] = {"minilm": "all-MiniLM-L6-v2", "smollm": "SmolLM2-135M-Instruct"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,11 @@ def resolve_base_model(name: str) -> str:
 
         return str(ensure_model())
     return name
+
+
+def display_name(base_model: str) -> str:
+    """The name to print for ``--base_model``: the model an alias stands for, else the argument itself."""
+    return ALIASES.get(base_model, base_model)
 
 
 def _num_labels(adapter_dir: Path) -> int | None:
