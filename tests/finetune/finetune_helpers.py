@@ -7,9 +7,6 @@ step gets ~15x slower, so these tests run torch (and their subprocesses) on one 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,26 +65,3 @@ QUICK = [
     "--batch_size", "4", "--micro_batch_size", "2", "--val_set_size", "4", "--show_examples", "1",
     "--example_max_new_tokens", "4", "--disable_tqdm", "true", "--lora_target_modules", "q_proj,v_proj",
 ]  # fmt: skip
-
-
-def run_ina(
-    args: list[str], cwd: Path, timeout: float = 120, extra_env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    """``python -m ina ARGS`` in a fresh process (offline, one thread)."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        **(extra_env or {}),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "ina", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )

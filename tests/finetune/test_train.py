@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from finetune_helpers import QUICK, REPO, alpaca_records, run_ina, write_json, write_jsonl
+from finetune_helpers import QUICK, REPO, alpaca_records, write_json, write_jsonl
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
@@ -84,20 +84,24 @@ def test_saved_adapter_reloads_with_identical_logits(trained: dict[str, Any], mo
     assert torch.equal(got, expected)
 
 
-def test_seed_command_line_runs_unchanged(model_dir: Path, tmp_path: Path) -> None:
+def test_seed_command_line_runs_unchanged(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the seed's flags, exactly, with a local model folder and data file (`python -m ina` calls this main)
     write_json(tmp_path / "data.json", alpaca_records(24))
-    done = run_ina(
+    monkeypatch.chdir(tmp_path)
+    code = main(
         ["finetune", "--base_model", str(model_dir), "--data_dir", "data.json", "--output_dir", "out",
-         "--threshold_ratio_inhi", "0.3", "--lora_target_modules", '["q_proj","v_proj"]'],
-        cwd=tmp_path,
+         "--threshold_ratio_inhi", "0.3", "--lora_target_modules", '["q_proj","v_proj"]']
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert code == 0
     config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert config["inhibition"] == 0.3 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
     summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
     # alpaca-lora's defaults: batch 128 of micro-batches of 4, 3 epochs, one optimizer step per epoch here
     assert summary["effective_batch_size"] == 128 and summary["global_step"] == 3
-    assert "validation loss: base" in done.stdout and "=== held-out prompt 1" in done.stdout
+    out = capsys.readouterr().out
+    assert "validation loss: base" in out and "=== held-out prompt 1" in out
 
 
 def test_config_file_is_overridden_by_flags_and_trainer_flags_pass_through(tmp_path: Path) -> None:
@@ -346,8 +350,23 @@ def test_generate_streams_to_the_terminal(
 def test_repository_example_configs_parse() -> None:
     import yaml
 
-    for path in sorted((REPO / "examples" / "accelerate").glob("*")):
-        if path.suffix == ".yaml":
-            assert isinstance(yaml.safe_load(path.read_text()), dict), path
-        elif path.suffix == ".json":
-            assert isinstance(json.loads(path.read_text()), dict), path
+    from ina.finetune.train import check_deepspeed_config
+
+    folder = REPO / "examples" / "accelerate"
+    for path in sorted(folder.glob("*.yaml")):
+        assert isinstance(yaml.safe_load(path.read_text()), dict), path
+    for path in sorted(folder.glob("ds_*.json")):
+        check_deepspeed_config(str(path))  # ZeRO-3 gathers weights at save time
+    arguments, tokens = resolve({"config": str(folder / "finetune.yaml"), "base_model": "m"}, [])
+    assert arguments.inhibition == 0.3 and arguments.target_modules() == ["q_proj", "v_proj"]
+    assert "--gradient_checkpointing" in tokens and "--eval_steps" in tokens
+
+
+def test_zero3_config_without_gathering_is_refused(tmp_path: Path) -> None:
+    from ina.finetune.train import check_deepspeed_config
+
+    config = {"zero_optimization": {"stage": 3}}
+    (tmp_path / "ds.json").write_text(json.dumps(config))
+    with pytest.raises(FinetuneError, match="stage3_gather_16bit_weights_on_model_save: true"):
+        check_deepspeed_config(str(tmp_path / "ds.json"))
+    check_deepspeed_config(json.dumps({"zero_optimization": {"stage": 2}}))

@@ -68,7 +68,9 @@ def training_arguments(finetune: FinetuneArguments, extra: list[str], world_size
     if world > 1:
         derived["ddp_find_unused_parameters"] = False
         if not torch.cuda.is_available():
+            # accelerate only runs CPU processes as one data-parallel job when told they are CPU processes
             derived["ddp_backend"] = "gloo"
+            derived["use_cpu"] = True
     tokens = _to_tokens(derived) + extra
     parser = HfArgumentParser(TrainingArguments)
     try:
@@ -368,6 +370,7 @@ def finetune(
     from transformers import DataCollatorForSeq2Seq, Trainer
 
     started = time.time()
+    check_deepspeed_config(_deepspeed_option(training_tokens or []))
     args = training_arguments(finetune_args, list(training_tokens or []))
     main = args.process_index == 0
     log = print if main else (lambda *a, **k: None)
@@ -399,13 +402,19 @@ def finetune(
         f"training on {counts['train_examples']} examples ({counts['val_examples']} held out), template "
         f"{template.name!r}, {args.world_size} process(es)"
     )
-    val_before = trainer.evaluate()["eval_loss"] if val is not None else None
+    # The base model's validation loss is measured after training with the adapter switched off (the
+    # same model as before training, since B starts at zero): an evaluate() before train() would make
+    # accelerate register the bare model and skip wrapping it in DistributedDataParallel.
     result = trainer.train(resume_from_checkpoint=resume)
-    val_after = trainer.evaluate()["eval_loss"] if val is not None else None
+    val_before = val_after = None
+    if val is not None:
+        val_after = trainer.evaluate()["eval_loss"]
+        with trainer.accelerator.unwrap_model(trainer.model).disable_adapter():
+            val_before = trainer.evaluate(metric_key_prefix="base")["base_loss"]
 
     checks = save_adapter(trainer, template, finetune_args, val)
     examples = []
-    sharded = bool(args.deepspeed or args.fsdp)
+    sharded = is_sharded(trainer)
     if main and finetune_args.show_examples and not sharded and counts["heldout"]:
         from ina.finetune.generate import generate_answers
 
@@ -471,6 +480,16 @@ def finetune(
     return summary
 
 
+def _deepspeed_option(tokens: list[str]) -> str | None:
+    value = None
+    for index, token in enumerate(tokens):
+        if token == "--deepspeed" and index + 1 < len(tokens):
+            value = tokens[index + 1]
+        elif token.startswith("--deepspeed="):
+            value = token.split("=", 1)[1]
+    return value
+
+
 def _heldout_prompt(conversation: Any) -> tuple[str, str]:
     if conversation.alpaca is not None:
         return conversation.alpaca["instruction"], conversation.alpaca["input"]
@@ -520,11 +539,14 @@ def save_adapter(
 
             shutil.rmtree(staging)
     trainer.accelerator.wait_for_everyone()
+    if trainer.is_fsdp_enabled:
+        # a sharded state dict would save each process's shard; the adapter must be whole
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(staging))
     trainer.accelerator.wait_for_everyone()
     model = trainer.accelerator.unwrap_model(trainer.model)
     checks: dict[str, Any] = {}
-    sharded = bool(args.deepspeed or args.fsdp)
+    sharded = is_sharded(trainer)
     checksum = None if sharded else _adapter_checksum(model)
     if torch.distributed.is_available() and torch.distributed.is_initialized() and checksum is not None:
         gathered: list[Any] = [None] * torch.distributed.get_world_size()
@@ -552,6 +574,38 @@ def save_adapter(
         staging.rmdir()
     trainer.accelerator.wait_for_everyone()
     return checks
+
+
+def is_sharded(trainer: Any) -> bool:
+    """Whether model weights are split across processes (DeepSpeed ZeRO-3 or FSDP), so no process can run it alone."""
+    if trainer.is_fsdp_enabled:
+        return True
+    if trainer.is_deepspeed_enabled:
+        return int(trainer.accelerator.state.deepspeed_plugin.zero_stage) == 3
+    return False
+
+
+def check_deepspeed_config(deepspeed: Any) -> None:
+    """Refuse a ZeRO-3 config that would save an empty adapter (weights not gathered at save time)."""
+    if not deepspeed:
+        return
+    config = (
+        json.loads(deepspeed)
+        if isinstance(deepspeed, str) and deepspeed.lstrip().startswith("{")
+        else deepspeed
+    )
+    if not isinstance(config, dict):
+        path = Path(str(deepspeed))
+        if not path.is_file():
+            raise FinetuneError(f"--deepspeed {deepspeed!r}: no such DeepSpeed config file")
+        config = json.loads(path.read_text(encoding="utf-8"))
+    zero = config.get("zero_optimization", {})
+    if int(zero.get("stage", 0)) == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+        raise FinetuneError(
+            f"--deepspeed {deepspeed!r}: ZeRO stage 3 without `stage3_gather_16bit_weights_on_model_save: true` saves "
+            "an empty adapter (each process holds only a shard); set it to true under zero_optimization "
+            "(see examples/accelerate/ds_zero3.json)"
+        )
 
 
 def _adapter_checksum(model: Any) -> str:
