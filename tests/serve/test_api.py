@@ -164,6 +164,7 @@ def test_openai_client_raises_typed_errors(client: openai.OpenAI) -> None:
         ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
         ({"model": "ina03", "messages": [{"role": "user", "content": "hi"}], "n": 9}, "n"),
         ({"model": "ina03", "messages": [{"role": "user", "content": "hi"}], "stop": ["a"] * 5}, "stop"),
+        ({"model": "ina03", "messages": [{"role": "user", "content": "hi"}], "logprobs": True}, "logprobs"),
     ],
 )
 def test_bad_chat_bodies_are_400(server: object, body: dict[str, object], param: str) -> None:

@@ -88,6 +88,15 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
         if n > settings.max_n:
             raise invalid_request(f"`n` must be at most {settings.max_n} on this server; got {n}", "n")
 
+    def check_supported(body: schemas.ChatCompletionRequest | schemas.CompletionRequest) -> None:
+        feature = body.unsupported()
+        if feature is not None:
+            raise invalid_request(
+                f"`{feature}` is not supported by ina serve; leave it out of the request",
+                feature,
+                "unsupported",
+            )
+
     def sampling(body: schemas._Sampling, max_tokens: int, i: int) -> SamplingParams:
         seed = None if body.seed is None else body.seed + i
         return SamplingParams(max_tokens, body.temperature, body.top_p, body.stops(), seed)
@@ -128,6 +137,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
     async def chat_completions(body: schemas.ChatCompletionRequest, request: Request) -> Any:
         resolve(body.model)
         check_n(body.n)
+        check_supported(body)
         max_tokens = max_tokens_of(body.max_completion_tokens or body.max_tokens)
         messages = [
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
@@ -187,6 +197,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
     async def completions(body: schemas.CompletionRequest, request: Request) -> Any:
         resolve(body.model)
         check_n(body.n)
+        check_supported(body)
         max_tokens = max_tokens_of(body.max_tokens)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         encoded = [_engine_call(engine.encode_text, p, "prompt") for p in prompts]

@@ -133,16 +133,30 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as error:
         print(f"ina serve: {error}", file=sys.stderr)
         return 2
-    engine = Engine.load(
-        base_model,
-        adapters,
-        base_model_id=settings.base_model_id,
-        dtype=settings.dtype,
-        device=settings.device,
-        max_batch_size=settings.max_batch_size,
-        batch_window_ms=settings.batch_window_ms,
-        max_queue=settings.max_queue,
-    )
+    try:
+        engine = Engine.load(
+            base_model,
+            adapters,
+            base_model_id=settings.base_model_id,
+            dtype=settings.dtype,
+            device=settings.device,
+            max_batch_size=settings.max_batch_size,
+            batch_window_ms=settings.batch_window_ms,
+            max_queue=settings.max_queue,
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        print(
+            f"ina serve: could not load --base_model {base_model} with adapters {adapters}: "
+            f"{type(error).__name__}: {error}\nCheck that each adapter was trained on this base model.",
+            file=sys.stderr,
+        )
+        return 1
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        print(
+            f"ina serve: warning: listening on {settings.host} without an API key; anyone who can reach this "
+            "machine can use the models (set --api_key or INA_API_KEY)",
+            file=sys.stderr,
+        )
     app = create_app(engine, settings)
     print(
         f"ina serve: models {engine.model_ids} on http://{settings.host}:{settings.port}/ "

@@ -67,11 +67,32 @@ class _Sampling(_Request):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    # Accepted so that clients sending their defaults work; asking for them is refused (see `unsupported`).
+    logprobs: bool | None = None
+    tools: list[Any] | None = None
+
+    def unsupported(self) -> str | None:
+        """The first requested feature this server does not offer, if any."""
+        if self.logprobs:
+            return "logprobs"
+        if self.tools:
+            return "tools"
+        return None
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
     echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+
+    def unsupported(self) -> str | None:
+        """The first requested feature this server does not offer, if any."""
+        if self.logprobs:
+            return "logprobs"
+        if self.best_of is not None and self.best_of != self.n:
+            return "best_of"
+        return None
 
     @field_validator("prompt")
     @classmethod
