@@ -168,8 +168,20 @@ def encode(
             "span labelling needs a fast tokenizer (offset mappings); pass --tokenizer_name"
         )
     tokenizer.padding_side = "right"
+    questions = [e.question.lstrip() for e in examples]
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    for example, ids in zip(
+        examples, tokenizer(questions, add_special_tokens=False)["input_ids"], strict=True
+    ):
+        room = max_length - specials - len(ids)  # context tokens per window
+        if room <= doc_stride:
+            raise ExperimentError(
+                f"question {example.id!r} takes {len(ids)} tokens, leaving {room} context tokens per window of "
+                f"--max_seq_length {max_length}; that must exceed --doc_stride {doc_stride}: raise --max_seq_length "
+                "or lower --doc_stride"
+            )
     encoded = tokenizer(
-        [e.question.lstrip() for e in examples],
+        questions,
         [e.context for e in examples],
         truncation="only_second",
         max_length=max_length,
