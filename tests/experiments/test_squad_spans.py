@@ -112,5 +112,5 @@ def test_post_processing_picks_the_labelled_span_or_no_answer(tokenizer):
 
 def test_question_too_long_for_the_window_is_a_clear_error():
     example = Example("long", "why " * 40 + "?", "Because.", ["Because"], [0])
-    with pytest.raises(ExperimentError, match="--max_seq_length 32.*--doc_stride 8"):
+    with pytest.raises(ExperimentError, match=r"--max_seq_length 32.*--doc_stride 8"):
         encode([example], tiny_tokenizer(), max_length=32, doc_stride=8, with_labels=True)
