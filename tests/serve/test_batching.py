@@ -59,6 +59,48 @@ def test_batched_rows_match_hf_generate(engine: object) -> None:
         assert result.token_ids == (expected if eos is None else expected[: eos + 1]), (model, ids)
 
 
+def _runs_to_length(engine: object, max_tokens: int) -> tuple[str, str, list[int]]:
+    """A (model, prompt, its ids) whose greedy answer runs to ``max_tokens`` (only cancellation ends it early)."""
+    for prompt in PROMPTS:
+        for model in engine.model_ids:
+            ids = engine.encode_text(prompt)
+            params = SamplingParams(max_tokens=max_tokens, temperature=0)
+            if engine.generate(model, ids, params).finish_reason == "length":
+                return model, prompt, ids
+    raise AssertionError("no prompt runs to max_tokens on the tiny model")
+
+
+def test_late_request_joins_the_running_batch(engine: object) -> None:
+    """A request arriving mid-decode is merged into the running batch (KV cache left-padded) and still
+    answers exactly as it does alone."""
+    import threading
+
+    model, _, long_ids = _runs_to_length(engine, 48)
+    short_ids = engine.encode_text(PROMPTS[6])
+    greedy = SamplingParams(max_tokens=48, temperature=0)
+    alone_long = engine.generate(model, long_ids, greedy)
+    alone_short = engine.generate("ina09", short_ids, SamplingParams(max_tokens=4, temperature=0))
+    merges = engine.stats()["merges"]
+    started, done = threading.Event(), threading.Event()
+    parts: list[str] = []
+
+    def on_event(event: object) -> None:
+        parts.append(event.text)
+        started.set()
+        if event.finish_reason is not None:
+            done.set()
+
+    engine.submit(model, long_ids, greedy, on_event)
+    assert started.wait(30)
+    late = engine.generate("ina09", short_ids, SamplingParams(max_tokens=4, temperature=0), timeout=60)
+    running = not done.is_set()
+    assert done.wait(60)
+    assert running, "the long request should still be decoding when the short one finished"
+    assert engine.stats()["merges"] > merges
+    assert late.token_ids == alone_short.token_ids
+    assert "".join(parts) == alone_long.text
+
+
 def test_32_concurrent_requests_across_two_adapters(client: openai.OpenAI, engine: object) -> None:
     """32 concurrent chat requests (two adapters) all succeed, each equal to the same request sent alone."""
     requests = [(model, prompt) for prompt in PROMPTS for model in ("ina03", "ina09")] * 2  # 32
@@ -78,20 +120,8 @@ def test_32_concurrent_requests_across_two_adapters(client: openai.OpenAI, engin
 
 
 def test_client_disconnect_mid_stream_frees_its_slot(server: object, engine: object) -> None:
-    # pick a request that greedily runs to max_tokens (so only cancellation can end it early)
-    body = None
-    for prompt in PROMPTS:
-        for model in engine.model_ids:
-            ids = engine.encode_text(prompt)
-            if (
-                engine.generate(model, ids, SamplingParams(max_tokens=64, temperature=0)).finish_reason
-                == "length"
-            ):
-                body = {"model": model, "prompt": prompt, "max_tokens": 64, "temperature": 0, "stream": True}
-                break
-        if body:
-            break
-    assert body is not None, "no prompt runs to max_tokens on the tiny model"
+    model, prompt, _ = _runs_to_length(engine, 64)
+    body = {"model": model, "prompt": prompt, "max_tokens": 64, "temperature": 0, "stream": True}
     before = engine.stats()["cancelled"]
     with (
         httpx.Client(timeout=30) as http,

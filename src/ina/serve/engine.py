@@ -232,7 +232,7 @@ class Engine:
         self._tokenizer_lock = threading.Lock()
         self._active_rows = 0
         self._stats = {"steps": 0, "prefills": 0, "max_rows_in_step": 0, "max_adapters_in_step": 0}
-        self._stats.update(completed=0, cancelled=0, generated_tokens=0)
+        self._stats.update(completed=0, cancelled=0, generated_tokens=0, merges=0)
 
     # ----------------------------------------------------------------- loading
 
@@ -586,6 +586,8 @@ class Engine:
             layer_a.keys = torch.cat([pad(layer_a.keys, 2), pad(layer_b.keys, 2)], dim=0)
             layer_a.values = torch.cat([pad(layer_a.values, 2), pad(layer_b.values, 2)], dim=0)
         mask = torch.cat([pad(a.mask, 1), pad(b.mask, 1)], dim=0)  # (B, L)
+        with self._lock:
+            self._stats["merges"] += 1
         return _Batch(a.rows + b.rows, a.cache, mask, torch.cat([a.logits, b.logits], dim=0))
 
     def _choose(self, batch: _Batch) -> list[int]:
