@@ -128,7 +128,7 @@ def test_config_file_is_overridden_by_flags_and_trainer_flags_pass_through(tmp_p
     assert arguments.target_modules() == ["query_key_value"]
     assert training_arguments(arguments, tokens).max_steps == -1  # no quick defaults with a named model
     arguments, tokens = resolve({}, [])
-    assert arguments.prompt_template_name == "chat" and training_arguments(arguments, tokens).max_steps == 60
+    assert arguments.prompt_template_name == "chat" and training_arguments(arguments, tokens).max_steps == 24
     with pytest.raises(FinetuneError, match="unrecognized arguments: --no_such_flag"):
         training_arguments(arguments, ["--no_such_flag", "1"])
 

@@ -155,15 +155,21 @@ class FinetuneArguments:
 # sized to take a few minutes on 2 CPU cores (a command-line flag or --config value still wins).
 QUICK_DEFAULTS: dict[str, Any] = {
     "prompt_template_name": "chat",
-    "batch_size": 8,
+    "batch_size": 4,
     "micro_batch_size": 4,
-    "cutoff_len": 160,
-    "val_set_size": 48,
-    "learning_rate": 1e-3,
+    "cutoff_len": 128,
+    "val_set_size": 16,
+    "learning_rate": 2e-3,
     "lora_target_modules": "q_proj,k_proj,v_proj,o_proj",
+    "example_max_new_tokens": 32,
     "output_dir": "outputs/ina-finetune-smollm2",
 }
-QUICK_TRAINING_DEFAULTS: dict[str, Any] = {"max_steps": 60, "logging_steps": 5, "eval_steps": 20}
+QUICK_TRAINING_DEFAULTS: dict[str, Any] = {
+    "max_steps": 24,
+    "logging_steps": 2,
+    "eval_steps": 12,
+    "save_steps": 12,
+}
 
 
 def fields() -> dict[str, dataclasses.Field]:
