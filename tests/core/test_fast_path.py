@@ -1,5 +1,7 @@
 """The fused InA branch (ina.core.fast) against the reference: `inhibit` plus plain matmuls, under autograd."""
 
+import contextlib
+
 import pytest
 import torch
 from peft import get_peft_model
@@ -84,15 +86,27 @@ def test_gradient_of_tied_maxima_is_split_like_amax():
     torch.testing.assert_close(got[3][0], got[3][1])
 
 
+@contextlib.contextmanager
+def mask_policy(policy):
+    previous = fast.get_dropout_mask_policy()
+    fast.set_dropout_mask_policy(policy)
+    try:
+        yield
+    finally:
+        fast.set_dropout_mask_policy(previous)
+
+
+@pytest.mark.parametrize("policy", ["regenerate", "save"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_dropout_mask_is_reproduced_forward_and_backward(shape):
+def test_dropout_mask_is_reproduced_forward_and_backward(shape, policy):
     tensors = make(shape)
     p, seed = 0.25, 1234
     flat = (tensors[0].numel() // shape[-1], shape[-1])
-    mask = fast.dropout_mask(seed, flat, p, torch.float32, "cpu").view(shape)
-    assert 0.1 < 1 - mask.mean().item() < 0.4  # roughly p of the inputs are dropped
+    mask = fast.dropout_mask(seed, flat, p, "cpu").view(shape)
+    assert mask.dtype == torch.bool and 0.1 < 1 - mask.float().mean().item() < 0.4  # about p are dropped
     expected = run(reference, tensors, scaling=2.0, rho=0.3, activation="leaky_relu", mask=mask, p=p)
-    got = run(fused, tensors, scaling=2.0, rho=0.3, activation="leaky_relu", p=p, seed=seed)
+    with mask_policy(policy):
+        got = run(fused, tensors, scaling=2.0, rho=0.3, activation="leaky_relu", p=p, seed=seed)
     for name, g, e in zip(["output", "x", "result", "A", "B"], got, expected, strict=True):
         assert rel_err(g, e) < 1e-5, (name, rel_err(g, e))
     # without the mask, the outputs differ: dropout really was applied
@@ -111,21 +125,29 @@ def test_dropout_seed_comes_from_torch_manual_seed():
     assert not torch.equal(first, other)
 
 
-@pytest.mark.parametrize("p", [0.0, 0.1])
-def test_saves_no_copy_of_x_and_no_mask(p):
-    """Everything kept for backward is x itself, A, B, or (*, r)-sized."""
+@pytest.mark.parametrize(("p", "policy"), [(0.0, "auto"), (0.1, "regenerate"), (0.1, "save")])
+def test_saves_no_copy_of_x(p, policy):
+    """Kept for backward: x itself, A, B, (*, r)-sized tensors, and with the "save" policy a boolean mask."""
     x, result, lora_A, lora_B = (t.requires_grad_() for t in make((2, 8, 64), r=4, d_out=48))
     saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+    with (
+        torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t),
+        mask_policy(policy),
+    ):
         fused(x, result, lora_A, lora_B, scaling=1.0, rho=0.3, activation="leaky_relu", p=p)
-    assert saved
     known = {
         x.untyped_storage().data_ptr(),
         lora_A.untyped_storage().data_ptr(),
         lora_B.untyped_storage().data_ptr(),
     }
-    for t in saved:
-        assert t.untyped_storage().data_ptr() in known or t.numel() <= 2 * 8 * 4, tuple(t.shape)
+    big = [t for t in saved if t.untyped_storage().data_ptr() not in known and t.numel() > 2 * 8 * 4]
+    if policy == "save":
+        assert [(t.dtype, t.numel()) for t in big] == [(torch.bool, x.numel())]
+    else:
+        assert big == []
+    assert (
+        sum(t.numel() for t in saved if t.numel() == 2 * 8 * 4) == 3 * 2 * 8 * 4
+    )  # s·g, s·f'(z), tie weights
 
 
 def test_reference_path_keeps_a_copy_with_dropout():

@@ -4,27 +4,32 @@ The reference path (:class:`ina.core.layer.InALinearVariant` through PEFT's modu
 
     xd = dropout(x)                       # (*, in)  a full copy of x, plus a mask, kept for backward
     h  = xd · Aᵀ                          # (*, r)
-    g  = inhibit(h, ρ, f)                 # (*, r)  amax, subtract, f: each keeps its own r-sized tensors
+    g  = inhibit(h, ρ, f)                 # (*, r)  amax, multiply, subtract, f: each keeps its inputs
     y  = result + s · (g · Bᵀ)            # (*, out) three full-size temporaries
 
-:class:`InABranch` computes ``y`` in one autograd node. What it keeps for backward, exactly:
+:class:`InABranch` computes ``y`` in one autograd node, with the B-projection, the scaling and the
+residual add as one ``addmm``. What it keeps for backward, exactly:
 
-* ``x`` — the layer's input, by reference (the frozen base layer's input; no copy is made, even when
-  ``x`` is not contiguous);
-* ``h`` — ``(*, r)`` in the compute dtype (``r / in`` of the size of ``x``);
-* ``A`` and ``B`` — the adapter's parameters, by reference;
-* with dropout, one integer seed: the mask is regenerated in backward from it, never stored, and the
-  dropped copy of ``x`` exists only transiently inside forward and backward.
+* ``x`` — the layer's input, by reference (no copy, even when ``x`` is not contiguous), and ``A``, ``B``;
+* three ``(*, r)`` tensors: ``g`` (for B's gradient), ``z = h − ρ·max_r h`` (for ``f'``; not with the
+  identity) and the max's tie weights ``[h = max_r h] / #maxima`` — each ``r / in`` of the size of
+  ``x``; with ``ρ = 0`` only ``h``. Nothing ``(*, in)``- or ``(*, out)``-sized is created for backward;
+* with dropout, never the dropped copy of ``x`` (it exists only transiently, in forward and again in
+  backward): either the boolean mask (1 byte per input element), or only an integer seed from which
+  backward regenerates it. :func:`set_dropout_mask_policy` chooses: ``"auto"`` regenerates on CUDA
+  (fast RNG, memory is what counts) and keeps the boolean mask elsewhere (CPU RNG is slow).
 
-The threshold, the activation and ``g`` are recomputed from ``h`` in backward (a few ``(*, r)``
-element-wise ops); the B-projection and the residual add are one ``addmm``. Gradients match
-:func:`ina.core.functional.inhibit` under autograd exactly in convention: the gradient of the max is
-split evenly between tied maxima (``amax``'s rule), ``leaky_relu``'s slope applies at 0.
+Skinny products are written as ``(A · xᵀ)ᵀ`` rather than ``x · Aᵀ``: the same GEMM, which CPU BLAS runs
+about twice as fast for r ≪ in, and cuBLAS runs identically (a transpose flag).
 
-Dropout masks are drawn from a private generator seeded from PyTorch's default CPU generator, so
-``torch.manual_seed`` makes them reproducible; they are not the masks ``nn.Dropout`` would draw.
-:func:`dropout_mask` returns the mask for a seed, so tests compare against the reference with the very
-same mask. Disable the fast path with ``INA_FAST_PATH=0`` or :func:`set_enabled`.
+Gradients follow :func:`ina.core.functional.inhibit` under autograd in convention: the gradient of the
+max is split evenly between tied maxima (``amax``'s rule); ``leaky_relu``'s slope applies at 0.
+
+Dropout masks come from a private generator seeded from PyTorch's default CPU generator, so
+``torch.manual_seed`` makes them reproducible; they are not the masks ``nn.Dropout`` would draw (same
+distribution, different draws). :func:`dropout_mask` returns the mask for a seed, so tests compare
+against the reference with the very same mask. Disable the fast path with ``INA_FAST_PATH=0`` or
+:func:`set_enabled`.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ FAST_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64, torch.bflo
 
 _enabled: bool = os.environ.get("INA_FAST_PATH", "1").strip().lower() not in ("0", "false", "no", "off")
 _generators = threading.local()
+MASK_POLICIES: tuple[str, ...] = ("auto", "regenerate", "save")
+_mask_policy: str = "auto"
 
 
 def is_enabled() -> bool:
@@ -84,33 +91,48 @@ def _generator(device: torch.device) -> torch.Generator:
 
 
 def dropout_mask(
-    seed: int, shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype, device: torch.device | str
+    seed: int, shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str
 ) -> torch.Tensor:
-    """The dropout mask :class:`InABranch` uses for ``seed``: 1 with probability ``1 - p``, else 0.
+    """The boolean keep-mask :class:`InABranch` uses for ``seed``: True with probability ``1 - p``.
 
     :class:`InABranch` draws it for its input flattened to 2-D: pass ``shape = (T, in)``.
     """
+    return _keep(seed, shape, p, torch.bool, device)
+
+
+def _keep(
+    seed: int, shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype, device: torch.device | str
+) -> torch.Tensor:
+    """The keep-mask as 0/1 in ``dtype`` (elementwise ops with a same-dtype mask are the fast ones)."""
     generator = _generator(torch.device(device))
     generator.manual_seed(seed)
-    return torch.empty(shape, dtype=dtype, device=device).bernoulli_(1.0 - p, generator=generator)
+    keep = torch.rand(shape, generator=generator, device=device).ge_(p)  # fp32 draws, whatever the dtype
+    return keep if keep.dtype == dtype else keep.to(dtype)
 
 
-def _dropped(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    """``x · mask / (1 − p)`` as one new tensor (the only full-size temporary dropout needs)."""
-    out = dropout_mask(seed, x.shape, p, x.dtype, x.device)
-    return out.mul_(x).mul_(1.0 / (1.0 - p))
+def get_dropout_mask_policy() -> str:
+    """How the fused path keeps dropout masks for backward: "auto", "regenerate" or "save"."""
+    return _mask_policy
 
 
-def _gate(
-    h: torch.Tensor, inhibition: float, activation: str, negative_slope: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(h − ρ·max_r h, f(that))``; same ops as :func:`ina.core.functional.inhibit`."""
-    z = h - inhibition * h.amax(dim=-1, keepdim=True)  # (T, r)
-    if activation == "leaky_relu":
-        return z, F.leaky_relu(z, negative_slope)
-    if activation == "gelu":
-        return z, F.gelu(z)
-    return z, z
+def set_dropout_mask_policy(policy: str) -> None:
+    """``"regenerate"``: keep only a seed, redraw the mask in backward (no memory, a second RNG pass);
+    ``"save"``: keep the boolean mask (1 byte per input element, one RNG pass); ``"auto"``: regenerate
+    on CUDA, save elsewhere."""
+    global _mask_policy
+    if policy not in MASK_POLICIES:
+        raise ValueError(f"dropout mask policy must be one of {list(MASK_POLICIES)}; got {policy!r}")
+    _mask_policy = policy
+
+
+def _keeps_mask(device: torch.device) -> bool:
+    return _mask_policy == "save" or (_mask_policy == "auto" and device.type != "cuda")
+
+
+def _project(lora_A: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """``x2 · Aᵀ`` (T, r), computed as ``(A · x2ᵀ)ᵀ``: the same product, and on CPU about twice as fast for
+    a skinny A (cuBLAS only flips a transpose flag)."""
+    return (lora_A @ x2.T).T
 
 
 class InABranch(torch.autograd.Function):
@@ -129,58 +151,83 @@ class InABranch(torch.autograd.Function):
         negative_slope: float,
         dropout: float,
         seed: int,
+        keep_for_backward: bool,
     ) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])  # (T, in), a view when x is contiguous
-        xd = _dropped(x2, dropout, seed) if dropout > 0 else x2  # (T, in), transient
-        h = xd @ lora_A.T  # (T, r)
-        del xd
-        g = h if inhibition == 0 else _gate(h, inhibition, activation, negative_slope)[1]  # (T, r)
-        result2 = result.reshape(-1, result.shape[-1]).to(h.dtype)  # (T, out); widened like `result + delta`
-        out = torch.addmm(result2, g, lora_B.T, alpha=scaling)  # (T, out)
-        ctx.save_for_backward(x, h, lora_A, lora_B)
-        ctx.settings = (scaling, inhibition, activation, negative_slope, dropout, seed)
-        ctx.result_dtype = result.dtype
-        return out.view(*result.shape)
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        x, h, lora_A, lora_B = ctx.saved_tensors
-        scaling, inhibition, activation, negative_slope, dropout, seed = ctx.settings
-        need_x, need_result, need_A, need_B = ctx.needs_input_grad[:4]
-        grad_out2 = grad_out.reshape(-1, grad_out.shape[-1])  # (T, out)
-
+        keep = None
+        if dropout > 0:
+            keep = _keep(seed, x2.shape, dropout, x2.dtype, x2.device)  # (T, in), 0/1
+            h = _project(lora_A, x2 * keep).mul_(
+                1.0 / (1.0 - dropout)
+            )  # (T, r); the dropped copy is transient
+        else:
+            h = _project(lora_A, x2)  # (T, r)
         if inhibition == 0:
             g = h
         else:
-            z, g = _gate(h, inhibition, activation, negative_slope)  # (T, r) each
-        grad_B = (grad_out2.T @ g).mul_(scaling) if need_B else None  # (out, r)
+            m = h.amax(dim=-1, keepdim=True)  # (T, 1)
+            z = torch.sub(h, m, alpha=inhibition)  # (T, r): h − ρ·m
+            g = (
+                F.leaky_relu(z, negative_slope)
+                if activation == "leaky_relu"
+                else F.gelu(z)
+                if activation == "gelu"
+                else z
+            )
+        result2 = result.reshape(-1, result.shape[-1]).to(h.dtype)  # (T, out); widened like `result + delta`
+        out = torch.addmm(result2, g, lora_B.T, alpha=scaling)  # (T, out)
 
+        ctx.settings = (scaling, inhibition, activation, negative_slope, dropout, seed)
+        ctx.result_dtype = result.dtype
+        if not keep_for_backward:
+            return out.view(result.shape)
+        if inhibition == 0:
+            saved = (h, None, None)
+        else:
+            ties = (h == m).to(h.dtype)  # (T, r): 1 at each maximum
+            ties = ties.div_(ties.sum(dim=-1, keepdim=True))  # amax's rule: the gradient splits evenly
+            saved = (g, None if activation == "identity" else z, ties)
+        mask = keep.bool() if keep is not None and _keeps_mask(x.device) else None  # 1 byte per element
+        ctx.save_for_backward(x, lora_A, lora_B, *saved, mask)
+        return out.view(result.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        x, lora_A, lora_B, g, z, ties, keep = ctx.saved_tensors
+        scaling, inhibition, activation, negative_slope, dropout, seed = ctx.settings
+        need_x, need_result, need_A, need_B = ctx.needs_input_grad[:4]
+        grad_out2 = grad_out.reshape(-1, grad_out.shape[-1])  # (T, out)
+        grad_B = (g.T @ grad_out2).mul_(scaling).T if need_B else None  # (out, r)
         grad_x = grad_A = None
         if need_x or need_A:
-            grad_h = (grad_out2 @ lora_B).mul_(scaling)  # (T, r): dL/dg
-            if inhibition != 0:
-                if activation == "leaky_relu":
-                    grad_h = torch.ops.aten.leaky_relu_backward(grad_h, z, negative_slope, False)
-                elif activation == "gelu":
-                    grad_h = torch.ops.aten.gelu_backward(grad_h, z)
-                # dL/dh = dL/dz − ρ · [h is a max] / (number of maxima) · Σ_r dL/dz   (amax's tie rule)
-                is_max = (h == h.amax(dim=-1, keepdim=True)).to(grad_h.dtype)  # (T, r)
-                share = grad_h.sum(dim=-1, keepdim=True) / is_max.sum(dim=-1, keepdim=True)  # (T, 1)
-                grad_h = grad_h - inhibition * is_max * share
+            grad_z = (lora_B.T @ grad_out2.T).T  # (T, r): dL/dg / s
+            if z is not None and activation == "leaky_relu":
+                grad_z = torch.ops.aten.leaky_relu_backward(grad_z, z, negative_slope, False)
+            elif z is not None:
+                grad_z = torch.ops.aten.gelu_backward(grad_z, z)
+            grad_z = (
+                grad_z.mul_(scaling) if grad_z.is_contiguous() else grad_z * scaling
+            )  # dL/dz (dL/dh if ρ = 0)
+            if ties is not None:  # dL/dh = dL/dz − ρ · ties · Σ_r dL/dz
+                grad_h = torch.addcmul(grad_z, ties, grad_z.sum(dim=-1, keepdim=True), value=-inhibition)
+            else:
+                grad_h = grad_z
             x2 = x.reshape(-1, x.shape[-1])  # (T, in)
+            if dropout > 0:
+                if keep is None:
+                    keep = _keep(seed, x2.shape, dropout, x2.dtype, x2.device)  # regenerated
+                else:
+                    keep = keep.to(x2.dtype)
+                grad_h = grad_h * (1.0 / (1.0 - dropout))  # the dropout scale, applied on the small side
             if need_A:
-                xd = _dropped(x2, dropout, seed) if dropout > 0 else x2  # regenerated, transient
-                grad_A = grad_h.T @ xd  # (r, in)
-                del xd
+                grad_A = grad_h.T @ (x2 * keep if keep is not None else x2)  # (r, in)
             if need_x:
                 grad_x = grad_h @ lora_A  # (T, in)
-                if dropout > 0:
-                    grad_x = grad_x.mul_(dropout_mask(seed, x2.shape, dropout, x2.dtype, x2.device)).mul_(
-                        1.0 / (1.0 - dropout)
-                    )
+                if keep is not None:
+                    grad_x = grad_x.mul_(keep)
                 grad_x = grad_x.view(x.shape)
         grad_result = grad_out.to(ctx.result_dtype) if need_result else None
-        return grad_x, grad_result, grad_A, grad_B, None, None, None, None, None, None
+        return grad_x, grad_result, grad_A, grad_B, None, None, None, None, None, None, None
 
 
 def ina_branch(
@@ -218,6 +265,7 @@ def ina_branch(
         float(negative_slope),
         float(dropout),
         int(seed or 0),
+        torch.is_grad_enabled() and (x.requires_grad or lora_A.requires_grad or lora_B.requires_grad),
     )
 
 
