@@ -107,18 +107,19 @@ def _serve(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(max(1, args.num_threads))
     adapters = parse_adapters(args.adapter)
-    base_model = args.base_model
+    base_model, base_model_id = args.base_model, args.base_model_id
     if base_model is None:
-        from ina.embedded.smollm import ensure_model
+        from ina.embedded.smollm import MODEL_NAME, ensure_model
 
         base_model = str(ensure_model())
+        base_model_id = base_model_id or MODEL_NAME
         if not adapters:
             adapters = default_adapters()
     try:
         settings = ServeSettings(
             base_model=base_model,
             adapters=adapters,
-            base_model_id=args.base_model_id,
+            base_model_id=base_model_id,
             host=args.host,
             port=args.port,
             api_key=args.api_key,
