@@ -293,13 +293,24 @@ def _is_compiling() -> bool:
     return bool(compiler is not None and compiler.is_compiling())
 
 
+def _hooked(*modules: Any) -> bool:
+    from torch.nn.modules import module as module_globals
+
+    if getattr(module_globals, "_global_forward_hooks", None) or getattr(
+        module_globals, "_global_forward_pre_hooks", None
+    ):
+        return True
+    return any(getattr(m, "_forward_hooks", None) or getattr(m, "_forward_pre_hooks", None) for m in modules)
+
+
 def layer_forward(
     module: Any, active_adapter: str, x: torch.Tensor, result: torch.Tensor, gate: Any
 ) -> torch.Tensor | None:
     """The fused branch for one adapter of a PEFT LoRA layer, or None where only the reference applies.
 
     Falls back (returns None) when the fast path is switched off, under ``torch.compile`` (the compiler
-    fuses the reference graph itself), when A or B is not a bias-free ``nn.Linear``, when dropout is not
+    fuses the reference graph itself), when forward hooks are registered on A, B, the dropout or the gate
+    (they expect those modules to be called), when A or B is not a bias-free ``nn.Linear``, when dropout is not
     ``nn.Identity`` / ``nn.Dropout``, or when the tensors' dtypes or devices differ. Under autocast the
     branch runs in the autocast dtype, as the reference's ``nn.Linear`` calls would.
     """
@@ -311,6 +322,8 @@ def layer_forward(
     if type(lora_A) is not torch.nn.Linear or type(lora_B) is not torch.nn.Linear:
         return None
     if lora_A.bias is not None or lora_B.bias is not None:
+        return None
+    if _hooked(lora_A, lora_B, dropout, gate):  # hooks expect the reference path's module calls
         return None
     if isinstance(dropout, torch.nn.Identity):
         p = 0.0
