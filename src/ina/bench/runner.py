@@ -164,6 +164,8 @@ class VariantResult:
     trainable_parameters: int
     step_ms: Spread | None = None
     step_ms_all: list[float] = field(default_factory=list)
+    step_cpu_ms: Spread | None = None
+    step_cpu_ms_all: list[float] = field(default_factory=list)
     peak_memory_bytes: int | None = None
     saved_for_backward_bytes: int | None = None
     decode_ms_per_token: Spread | None = None
@@ -302,19 +304,19 @@ class Bench:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def train_step(self, name: str) -> float:
-        """One training step of the active variant; seconds."""
+    def train_step(self, name: str) -> tuple[float, float]:
+        """One training step of the active variant: (wall seconds, CPU seconds of this process)."""
         optimizer = self.optimizer(name)
         model = self.forward_model()
         self.sync()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         loss = model(input_ids=self.input_ids, labels=self.input_ids).loss
         loss.backward()
         if optimizer is not None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         self.sync()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - start_cpu
 
     def saved_for_backward(self, name: str) -> int:
         """Bytes kept for backward in one forward pass (unique storages, parameters excluded)."""
@@ -395,15 +397,17 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             with bench.variant(name):
                 if bench.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(bench.device)
-                seconds = bench.train_step(name)
+                seconds, cpu_seconds = bench.train_step(name)
                 if round_index >= settings.warmup:
                     results[name].step_ms_all.append(seconds * 1000)
+                    results[name].step_cpu_ms_all.append(cpu_seconds * 1000)
                     if bench.device.type == "cuda":
                         peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated(bench.device))
         if round_index == settings.warmup - 1 or (settings.warmup == 0 and round_index == 0):
             log("  warm-up done" if settings.warmup else "  (no warm-up)")
     for name in names:
         results[name].step_ms = Spread.of(results[name].step_ms_all)
+        results[name].step_cpu_ms = Spread.of(results[name].step_cpu_ms_all)
         results[name].peak_memory_bytes = peaks.get(name)
         with bench.variant(name):
             results[name].saved_for_backward_bytes = bench.saved_for_backward(name)
@@ -448,6 +452,12 @@ def make_report(settings: BenchSettings, bench: Bench, results: dict[str, Varian
             "step_vs_lora": _ratio(
                 r.step_ms and r.step_ms.median, lora and lora.step_ms and lora.step_ms.median
             ),
+            "step_cpu_vs_base": _ratio(
+                r.step_cpu_ms and r.step_cpu_ms.median, base and base.step_cpu_ms and base.step_cpu_ms.median
+            ),
+            "step_cpu_vs_lora": _ratio(
+                r.step_cpu_ms and r.step_cpu_ms.median, lora and lora.step_cpu_ms and lora.step_cpu_ms.median
+            ),
             "peak_memory_vs_base": _ratio(r.peak_memory_bytes, base and base.peak_memory_bytes),
             "saved_for_backward_vs_base": _ratio(
                 r.saved_for_backward_bytes, base and base.saved_for_backward_bytes
@@ -489,9 +499,9 @@ def _fmt(value: float | None, spec: str) -> str:
 def format_table(report: dict[str, Any]) -> str:
     """The report as a Markdown table: medians, spreads and ratios against the frozen base."""
     rows = [
-        "| variant | trainable | step ms, median [IQR] | × base | × LoRA | peak MiB | × base | saved MiB | × base "
+        "| variant | trainable | step ms, median [IQR] | × base | × LoRA | CPU ms | × base | × LoRA | peak MiB | × base | saved MiB | × base "
         "| decode ms/token | × base |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     mib = 1 / 2**20
     for name, r in report["variants"].items():
@@ -509,6 +519,9 @@ def format_table(report: dict[str, Any]) -> str:
                     f"{step['median']:.1f} [{step['q1']:.1f}, {step['q3']:.1f}]" if step else "—",
                     _fmt(ratio["step_vs_base"], ".3f"),
                     _fmt(ratio["step_vs_lora"], ".3f"),
+                    f"{r['step_cpu_ms']['median']:.1f}" if r["step_cpu_ms"] else "—",
+                    _fmt(ratio["step_cpu_vs_base"], ".3f"),
+                    _fmt(ratio["step_cpu_vs_lora"], ".3f"),
                     _fmt(peak * mib if peak else None, ".0f"),
                     _fmt(ratio["peak_memory_vs_base"], ".3f"),
                     _fmt(saved * mib if saved is not None else None, ".1f"),
