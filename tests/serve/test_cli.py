@@ -56,6 +56,45 @@ def test_ina_serve_process_answers_and_stops(serve_files: ServeFiles) -> None:
     assert process.returncode == 0
 
 
+@pytest.mark.slow
+def test_ina_serve_without_arguments_serves_the_embedded_model(tmp_path: object) -> None:
+    """No flags: the embedded SmolLM2 (prepared by scripts/setup), answering a real chat request."""
+    from ina.embedded.smollm import model_dir
+
+    if not (model_dir() / "model.safetensors").is_file():
+        pytest.skip("the embedded SmolLM2 is not prepared (run scripts/setup)")
+    port = free_port()
+    command = [sys.executable, "-m", "ina", "serve", "--port", str(port), "--log_level", "warning"]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.time() > deadline:
+                pytest.fail(f"ina serve did not come up:\n{process.stdout.read() if process.stdout else ''}")
+            time.sleep(0.5)
+        assert httpx.get(f"{url}/health").json()["models"] == ["SmolLM2-135M-Instruct"]
+        body = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Say hello."}]}
+        reply = httpx.post(
+            f"{url}/v1/chat/completions", json={**body, "max_tokens": 8, "temperature": 0}, timeout=300
+        )
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"].strip()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def test_flag_errors_name_the_flag(serve_files: ServeFiles, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit, match="--adapter must be NAME=PATH"):
         main(["serve", "--base_model", str(serve_files.base), "--adapter", "no-equals-sign"])
