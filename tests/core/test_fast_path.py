@@ -39,7 +39,7 @@ def run(fn, tensors, **kwargs):
     leaves = [t.detach().clone().requires_grad_() for t in tensors]
     out = fn(*leaves, **kwargs)
     upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
-    (out * upstream.to(out.dtype)).sum().backward()
+    (out * upstream.to(out.device, out.dtype)).sum().backward()
     return [out.detach(), *[t.grad for t in leaves]]
 
 
@@ -310,3 +310,20 @@ def test_forward_hooks_on_adapter_modules_get_the_reference_path():
         handle.remove()
     assert len(captured) == 1 and captured[0].shape == (1, 5, 4)
     assert _fused_calls(model, ids) == 2 * 7
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_cuda_matches_reference(dtype, p):
+    tensors = [t.cuda() for t in make((2, 33, 256), r=8, d_out=128, dtype=dtype)]
+    seed = 99
+    mask = fast.dropout_mask(seed, (66, 256), p, "cuda").view(2, 33, 256) if p else None
+    as_float = [t.float() for t in tensors]
+    expected = run(reference, as_float, scaling=2.0, rho=0.3, activation="leaky_relu", mask=mask, p=p)
+    with mask_policy("auto"):  # regenerate on CUDA
+        got = run(fused, tensors, scaling=2.0, rho=0.3, activation="leaky_relu", p=p, seed=seed)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    for name, g, e in zip(["output", "x", "result", "A", "B"], got, expected, strict=True):
+        assert rel_err(g, e) < tolerance, (name, rel_err(g, e))
