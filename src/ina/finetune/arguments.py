@@ -157,7 +157,7 @@ QUICK_DEFAULTS: dict[str, Any] = {
     "prompt_template_name": "chat",
     "batch_size": 4,
     "micro_batch_size": 4,
-    "cutoff_len": 128,
+    "cutoff_len": 144,
     "val_set_size": 16,
     "learning_rate": 2e-3,
     "lora_target_modules": "q_proj,k_proj,v_proj,o_proj",

@@ -159,54 +159,81 @@ def resolve(given: dict[str, Any], extra: list[str]) -> tuple[FinetuneArguments,
 # --------------------------------------------------------------------------------------------------- model
 
 
-def load_base(finetune: FinetuneArguments) -> tuple[Any, Any, str]:
-    """The base causal LM, its tokenizer, and the path or name it came from."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def base_model_name(finetune: FinetuneArguments) -> str:
+    """``--base_model``, or the embedded SmolLM2 folder (converted on first use) when it is empty."""
+    if finetune.base_model:
+        return finetune.base_model
+    from ina.embedded.smollm import ensure_model
 
-    name = finetune.base_model
-    if not name:
-        from ina.embedded.smollm import ensure_model
+    return str(ensure_model())
 
-        name = str(ensure_model())
+
+def load_tokenizer(finetune: FinetuneArguments) -> Any:
+    """The base model's tokenizer, with a padding token (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    name = base_model_name(finetune)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=finetune.trust_remote_code)
+    except OSError as error:
+        raise FinetuneError(
+            f"--base_model {name!r}: cannot load its tokenizer ({str(error)[:300]}). Give a local model folder "
+            "(config.json + weights + tokenizer) or, online, a hub name."
+        ) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token else tokenizer.unk_token
+    return tokenizer
+
+
+def load_model(finetune: FinetuneArguments) -> Any:
+    """The base causal LM (bitsandbytes-quantized with ``--load_in_8bit`` / ``--load_in_4bit``)."""
+    from transformers import AutoModelForCausalLM
+
+    name = base_model_name(finetune)
     quantized = finetune.load_in_8bit or finetune.load_in_4bit
     kwargs: dict[str, Any] = {"trust_remote_code": finetune.trust_remote_code}
     if quantized:
-        flag = "--load_in_8bit" if finetune.load_in_8bit else "--load_in_4bit"
-        if not torch.cuda.is_available():
-            raise FinetuneError(
-                f"{flag} trains on a bitsandbytes-quantized base (QLoRA), which needs a CUDA GPU; this machine has "
-                "none. Drop the flag to train the full-precision base on this machine."
-            )
-        try:
-            import bitsandbytes  # noqa: F401
-            from transformers import BitsAndBytesConfig
-        except ImportError:
-            raise FinetuneError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes") from None
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_8bit=finetune.load_in_8bit,
-            load_in_4bit=finetune.load_in_4bit,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16,
-            bnb_4bit_use_double_quant=True,
-        )
+        kwargs["quantization_config"] = quantization_config(finetune)
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     kwargs["dtype"] = _dtype(finetune.dtype)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=finetune.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except OSError as error:
         raise FinetuneError(
             f"--base_model {name!r}: cannot load it ({str(error)[:300]}). Give a local model folder "
             "(config.json + weights + tokenizer) or, online, a hub name."
         ) from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token else tokenizer.unk_token
     if quantized:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model)
-    return model, tokenizer, name
+    return model
+
+
+def quantization_config(finetune: FinetuneArguments) -> Any:
+    """The bitsandbytes config of ``--load_in_8bit`` / ``--load_in_4bit`` (None without them), or why not here."""
+    if not (finetune.load_in_8bit or finetune.load_in_4bit):
+        return None
+    import torch
+
+    flag = "--load_in_8bit" if finetune.load_in_8bit else "--load_in_4bit"
+    if not torch.cuda.is_available():
+        raise FinetuneError(
+            f"{flag} trains on a bitsandbytes-quantized base (QLoRA), which needs a CUDA GPU; this machine has "
+            "none. Drop the flag to train the full-precision base on this machine."
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise FinetuneError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes") from None
+    return BitsAndBytesConfig(
+        load_in_8bit=finetune.load_in_8bit,
+        load_in_4bit=finetune.load_in_4bit,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
+    )
 
 
 def _dtype(name: str) -> Any:
@@ -375,10 +402,14 @@ def finetune(
     main = args.process_index == 0
     log = print if main else (lambda *a, **k: None)
 
-    model, tokenizer, base_name = load_base(finetune_args)
+    quantization_config(finetune_args)  # no GPU or no bitsandbytes: say so before anything else
+    # data first: malformed records stop the run before a large model is loaded
+    base_name = base_model_name(finetune_args)
+    tokenizer = load_tokenizer(finetune_args)
+    train, val, template, counts = prepare_data(finetune_args, tokenizer, log)
+    model = load_model(finetune_args)
     if args.gradient_checkpointing:
         model.enable_input_require_grads()
-    train, val, template, counts = prepare_data(finetune_args, tokenizer, log)
     if val is None:
         from transformers.trainer_utils import IntervalStrategy
 
@@ -408,7 +439,11 @@ def finetune(
     result = trainer.train(resume_from_checkpoint=resume)
     val_before = val_after = None
     if val is not None:
-        val_after = trainer.evaluate()["eval_loss"]
+        last = trainer.state.log_history[-2:]  # the step's eval log, then train()'s summary
+        done = [
+            e["eval_loss"] for e in last if "eval_loss" in e and e.get("step") == trainer.state.global_step
+        ]
+        val_after = done[-1] if done else trainer.evaluate()["eval_loss"]
         with trainer.accelerator.unwrap_model(trainer.model).disable_adapter():
             val_before = trainer.evaluate(metric_key_prefix="base")["base_loss"]
 
