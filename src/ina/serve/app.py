@@ -292,14 +292,15 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
             ) from None
 
         def job() -> dict[str, Any]:
-            return compute_attention(
-                engine.model,
-                engine.tokenizer,
-                body.text,
-                text_pair=body.text_pair,
-                layers=body.layers,
-                adapter_name=None if adapter == BASE_ADAPTER else adapter,
-            )
+            with engine.tokenizer_lock:  # it tokenizes with its own truncation settings
+                return compute_attention(
+                    engine.model,
+                    engine.tokenizer,
+                    body.text,
+                    text_pair=body.text_pair,
+                    layers=body.layers,
+                    adapter_name=None if adapter == BASE_ADAPTER else adapter,
+                )
 
         try:
             result = await asyncio.wrap_future(engine.run_exclusive(job))

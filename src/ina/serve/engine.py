@@ -228,8 +228,9 @@ class Engine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        # Fast tokenizers may refuse concurrent use ("Already borrowed"): encode and decode take turns.
-        self._tokenizer_lock = threading.Lock()
+        # Fast tokenizers may refuse concurrent use ("Already borrowed"): every user of the tokenizer
+        # (encode, decode, jobs given to run_exclusive) holds this lock.
+        self.tokenizer_lock = threading.Lock()
         self._active_rows = 0
         self._stats = {"steps": 0, "prefills": 0, "max_rows_in_step": 0, "max_adapters_in_step": 0}
         self._stats.update(completed=0, cancelled=0, generated_tokens=0, merges=0)
@@ -292,7 +293,7 @@ class Engine:
 
     def encode_text(self, text: str, param: str = "prompt") -> list[int]:
         """Token ids of a raw completion prompt."""
-        with self._tokenizer_lock:
+        with self.tokenizer_lock:
             ids = list(self.tokenizer(text)["input_ids"])
         if not ids:
             if self.tokenizer.bos_token_id is None:
@@ -317,7 +318,7 @@ class Engine:
                 )
             return self.encode_text(template.prompt(users[-1]), "messages")
         if getattr(self.tokenizer, "chat_template", None):
-            with self._tokenizer_lock:
+            with self.tokenizer_lock:
                 text = self.tokenizer.apply_chat_template(
                     messages, add_generation_prompt=True, tokenize=False
                 )
@@ -667,7 +668,7 @@ class Engine:
         return False
 
     def _decode(self, token_ids: list[int]) -> str:
-        with self._tokenizer_lock:
+        with self.tokenizer_lock:
             return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     def _emit(self, row: _Row, event: Event) -> None:
