@@ -127,6 +127,22 @@ def test_invalid_json_line_is_a_bad_record_but_a_broken_json_file_is_an_error(tm
         load_data(broken)
 
 
+def test_json_file_with_one_record_per_line_is_read_as_json_lines(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "lines.json", alpaca_records(3))
+    loaded = load_data(path)
+    assert len(loaded.conversations) == 3 and loaded.conversations[2].location == f"{path}:3"
+    single = write_json(tmp_path / "one.json", alpaca_records(1)[0])
+    with pytest.raises(DataError, match="must hold an array of records"):
+        load_data(single)
+
+
+def test_hub_dataset_name_offline_says_to_use_a_local_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"Offline, give a local \.json/\.jsonl file instead"):
+        load_data("no-such-owner/no-such-dataset")
+
+
 def test_missing_path_names_the_flag(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="--data_path"):
         load_data(tmp_path / "nothing.json")

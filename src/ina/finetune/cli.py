@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from typing import Any
@@ -121,6 +120,7 @@ def _generate(args: argparse.Namespace) -> int:
         load_for_generation,
         parse_adapters,
         read_prompts,
+        using_adapter,
     )
     from ina.finetune.train import write_jsonl_atomic
 
@@ -146,10 +146,15 @@ def _generate(args: argparse.Namespace) -> int:
         print("ina generate: error: " + "; ".join(problems), file=sys.stderr)
         return 2
     model, tokenizer, template = load_for_generation(args.base_model, adapters, args.prompt_template_name)
-    sampling: dict[str, Any] = {"num_beams": args.num_beams, "repetition_penalty": args.repetition_penalty}
+    options: dict[str, Any] = {
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "num_beams": args.num_beams,
+        "repetition_penalty": args.repetition_penalty,
+    }
     if args.temperature > 0:
         torch.manual_seed(args.seed)
-        sampling.update(do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+        options.update(do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     names = list(adapters) or [BASE]
     if args.compare_base and adapters:
         names = [BASE, *names]
@@ -164,11 +169,13 @@ def _generate(args: argparse.Namespace) -> int:
                     + (f"\n{prompt[1]}" if prompt[1] else "")
                 )
                 streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-                answers += _run(
-                    model, tokenizer, template, [prompt], name, args, sampling, generate_answers, streamer
-                )
+                with using_adapter(model, name):
+                    answers += generate_answers(
+                        model, tokenizer, template, [prompt], streamer=streamer, **options
+                    )
         else:
-            answers = _run(model, tokenizer, template, prompts, name, args, sampling, generate_answers, None)
+            with using_adapter(model, name):
+                answers = generate_answers(model, tokenizer, template, prompts, **options)
         for (instruction, input_text), answer in zip(prompts, answers, strict=True):
             rows.append(
                 {
@@ -185,25 +192,3 @@ def _generate(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
     return 0
-
-
-def _run(model, tokenizer, template, prompts, name, args, sampling, generate_answers, streamer) -> list[str]:
-    from peft import PeftModel
-
-    kwargs = dict(
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, streamer=streamer, **sampling
-    )
-    if not isinstance(model, PeftModel):
-        return generate_answers(model, tokenizer, template, prompts, **kwargs)
-    if name == "__base__":
-        with model.disable_adapter():
-            return generate_answers(model, tokenizer, template, prompts, **kwargs)
-    model.set_adapter(name)
-    return generate_answers(model, tokenizer, template, prompts, **kwargs)
-
-
-def dataclass_defaults() -> dict[str, Any]:
-    """Default value of every `ina finetune` option (for docs and tests)."""
-    return {
-        name: field.default for name, field in fields().items() if field.default is not dataclasses.MISSING
-    }

@@ -455,7 +455,7 @@ def finetune(
 
         heldout = counts["heldout"][: finetune_args.show_examples]
         prompts = [_heldout_prompt(c) for c in heldout]
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model).eval()  # no dropout while answering
         with unwrapped.disable_adapter():
             base_answers = generate_answers(
                 unwrapped, tokenizer, template, prompts, finetune_args.example_max_new_tokens
@@ -708,7 +708,9 @@ def _reload_logit_diff(model: Any, folder: Path, val: Any, trainer: Any) -> floa
             model.delete_adapter("ina_reloaded")
         model.train(was_training)
     difference = float((trained - reloaded).abs().max())
-    if difference > 0:
+    # same weights, same kernels: identical on CPU; GPU kernels may pick another reduction order
+    tolerance = 0.0 if device.type == "cpu" else 1e-3 * float(trained.abs().max())
+    if difference > tolerance:
         raise FinetuneError(
             f"the saved adapter in {folder} does not reproduce the trained model: max |Δlogit| = {difference}"
         )
