@@ -136,3 +136,26 @@ def test_client_disconnect_mid_stream_frees_its_slot(server: object, engine: obj
     assert engine.stats()["cancelled"] == before + 1
     assert engine.stats()["active_rows"] == 0
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+
+
+def test_client_gone_before_a_non_streamed_answer_frees_its_slot(server: object, engine: object) -> None:
+    """The worker is held busy, a client posts a non-streamed request and hangs up: the request is
+    cancelled while it waits, so it never takes a batch slot."""
+    import socket
+
+    busy = engine.run_exclusive(lambda: time.sleep(2.0))
+    before = engine.stats()["cancelled"]
+    body = json.dumps({"model": "ina03", "prompt": "The quick", "max_tokens": 64, "temperature": 0}).encode()
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        time.sleep(0.3)  # let the server read the request
+    busy.result(timeout=30)
+    deadline = time.time() + 10
+    while time.time() < deadline and engine.stats()["cancelled"] == before:
+        time.sleep(0.05)
+    assert engine.stats()["cancelled"] == before + 1
+    assert engine.stats()["active_rows"] == 0
