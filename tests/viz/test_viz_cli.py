@@ -60,6 +60,9 @@ def test_attention_writes_grid_report_and_numbers(saved, tmp_path, capsys):
     assert (lora - base).abs().max() > 1e-3  # a non-zero adapter moves attention
     assert data["moved"]["lora0"][0]["mean_abs_change"] > 0
     read_png(out / "attention-grid.png")
+    read_png(out / "attention-moved.png")
+    largest = max(float((torch.tensor(c["attention"]) - base).abs().max()) for c in data["columns"][1:])
+    assert data["moved_scale"] == pytest.approx(largest)
     report = (out / "attention.html").read_text()
     assert report.count("<h2>Layer ") == 2 and report.count("data:image/png;base64,") == 2
     assert "attention moved by lora0" in capsys.readouterr().out

@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[model_flags],
         help="per-layer attention maps (mean over heads) of the base and each adapter, unmerged",
         description="Per-layer attention (averaged over heads) of the base model and each adapter, run unmerged "
-        "with eager attention. Writes attention-grid.png, attention.html (every layer, plus 'attention moved' "
-        "maps: adapter minus base) and attention.json.",
+        "with eager attention. Writes attention-grid.png, attention-moved.png (adapter minus base), attention.html "
+        "(every layer with its 'attention moved' maps and the tokens that lost or gained most) and attention.json.",
     )
     attention.add_argument(
         "--adapter",
@@ -203,7 +203,8 @@ def _attention(args: argparse.Namespace) -> int:
         )
     for line in _summary_lines(data):
         print(line)
-    print(f"wrote {args.out}/attention-grid.png, attention.html, attention.json")
+    moved = ", attention-moved.png" if adapters else ""
+    print(f"wrote {args.out}/attention-grid.png{moved}, attention.html, attention.json")
     return 0
 
 

@@ -109,12 +109,61 @@ def attention_grid(
                 axis.set_title(names[col], fontsize=11, fontweight="bold")
             if col == 0:
                 axis.set_ylabel(f"layer {layer}", fontsize=10, fontweight="bold")
-    bar = figure.colorbar(image, ax=axes, shrink=0.5)
+    bar = figure.colorbar(image, ax=axes, shrink=min(0.6, 1.8 / len(layers)), aspect=15)
     bar.set_label(f"attention weight (mean over heads; power scale γ={gamma})")
     if title:
         figure.suptitle(title, fontsize=12)
     save_figure(figure, path)
     return {"vmin": 0.0, "vmax": vmax, "gamma": gamma}
+
+
+def moved_grid(columns: Sequence[dict], names: Sequence[str], path: Path, title: str | None = None) -> float:
+    """One PNG: rows = layers, columns = each adapter minus the base (``columns[0]``), one symmetric scale.
+
+    Red: the adapter attends more than the base; blue: less. Returns the largest |difference| (the scale).
+    """
+    plt = _pyplot()
+    base, adapters = columns[0], columns[1:]
+    layers = base["layers"]
+    labels = token_labels(base["tokens"], base.get("token_texts"))
+    differences = [
+        [np.asarray(c["attention"][row]) - np.asarray(base["attention"][row]) for row in range(len(layers))]
+        for c in adapters
+    ]
+    limit = max((float(np.abs(d).max()) for per in differences for d in per), default=0.0) or 1e-6
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad=MASKED_COLOUR)
+    panel = max(2.4, 0.16 * len(labels) + 0.9)
+    figure, axes = plt.subplots(
+        len(layers),
+        len(adapters),
+        figsize=(panel * len(adapters) + 1.2, panel * len(layers) + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
+    image = None
+    for row, layer in enumerate(layers):
+        for col, difference in enumerate(differences):
+            axis = axes[row][col]
+            image = _panel(
+                axis,
+                _masked(difference[row], base["causal"]),
+                labels,
+                x_labels=row == len(layers) - 1,
+                y_labels=col == 0,
+                cmap=cmap,
+                vmin=-limit,
+                vmax=limit,
+            )
+            if row == 0:
+                axis.set_title(f"{names[col + 1]} − {names[0]}", fontsize=11, fontweight="bold")
+            if col == 0:
+                axis.set_ylabel(f"layer {layer}", fontsize=10, fontweight="bold")
+    bar = figure.colorbar(image, ax=axes, shrink=min(0.6, 1.8 / len(layers)), aspect=15)
+    bar.set_label("attention moved: adapter − base (red: more, blue: less)")
+    if title:
+        figure.suptitle(title, fontsize=12)
+    save_figure(figure, path)
+    return limit
 
 
 def layer_figure_png(

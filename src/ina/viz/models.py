@@ -155,11 +155,18 @@ def load_models(
         hint = " (offline: give a local folder, or `minilm` / `smollm` for the embedded defaults)"
     else:
         hint = ""
+    from transformers.utils import logging as transformers_logging
+
+    # The load report would list the new head as "MISSING"; the adapters' saved head replaces it below.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
     try:
         model = _auto_class(task_type).from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as error:
         raise ValueError(f"--base_model {base_model!r}: cannot load it{hint}: {error}") from error
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     for spec in adapters:
         try:
             model = ina.load_adapter(model, spec.path, adapter_name=spec.name)

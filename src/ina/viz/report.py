@@ -15,7 +15,7 @@ from torch import nn
 from ina.viz import draw
 from ina.viz.models import write_bytes, write_json
 
-ATTENTION_FILES = ("attention.json", "attention-grid.png", "attention.html")
+ATTENTION_FILES = ("attention.json", "attention-grid.png", "attention-moved.png", "attention.html")
 INHIBITION_FILES = ("inhibition.json", "inhibition.md", "inhibition.png", "inhibition-tokens.png")
 CURVES_FILES = ("curves.json", "curves.png")
 
@@ -62,7 +62,8 @@ def attention_report(
     out_dir: Path,
     base_model: str = "",
 ) -> dict:
-    """Compute base and adapter attention and write ``attention.json``, ``attention-grid.png``, ``attention.html``.
+    """Compute base and adapter attention and write ``attention.json``, ``attention-grid.png``, ``attention.html``
+    and, with adapters, ``attention-moved.png`` (each adapter minus the base).
 
     ``adapters`` are (name, path) pairs already loaded into ``model`` under those names.
     """
@@ -117,6 +118,13 @@ def attention_report(
     ]
     scale = draw.attention_grid(columns, column_names, out_dir / "attention-grid.png", title=title)
     data["colour_scale"] = scale
+    if len(columns) > 1:
+        data["moved_scale"] = draw.moved_grid(
+            columns,
+            column_names,
+            out_dir / "attention-moved.png",
+            title=f"{base_model}: attention moved by each adapter",
+        )
     write_json(out_dir / "attention.json", data)
     write_bytes(out_dir / "attention.html", _attention_html(data, columns, column_names, scale).encode())
     return data
