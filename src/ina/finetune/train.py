@@ -309,6 +309,12 @@ def prepare_data(
     if finetune.max_records:
         conversations = conversations[: finetune.max_records]
     template = choose_template(finetune, conversations)
+    if template.chat and not getattr(tokenizer, "chat_template", None):
+        raise FinetuneError(
+            f"--prompt_template_name chat (chosen for {'conversation data' if finetune.prompt_template_name == 'auto' else 'this run'}) "
+            "needs a tokenizer with a chat template, and this model's has none; convert the data to Alpaca records "
+            "or use a model with a chat template"
+        )
     bad = list(loaded.bad)
     usable = []
     for conversation in conversations:
