@@ -60,7 +60,8 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
 
     from ina import __version__
 
-    app = FastAPI(title="ina serve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # No /docs: Swagger UI loads its assets from a CDN, and this server must work offline.
+    app = FastAPI(title="ina serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine, app.state.settings = engine, settings
     created = schemas.now()
     _install_error_handlers(app)
@@ -460,7 +461,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
         if error.status_code == 404:
-            message = f"no route {request.method} {request.url.path}; see /docs for the API"
+            message = f"no route {request.method} {request.url.path}; the API is described at /openapi.json"
         elif error.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
         else:
