@@ -370,3 +370,16 @@ def test_zero3_config_without_gathering_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FinetuneError, match="stage3_gather_16bit_weights_on_model_save: true"):
         check_deepspeed_config(str(tmp_path / "ds.json"))
     check_deepspeed_config(json.dumps({"zero_optimization": {"stage": 2}}))
+
+
+def test_resume_without_a_checkpoint_names_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["finetune", "--base_model", "m", "--output_dir", str(tmp_path), "--resume_from_checkpoint", "last"]
+    )
+    assert code == 2
+    assert (
+        f"--resume_from_checkpoint last: no checkpoint-* folder in --output_dir {tmp_path}"
+        in capsys.readouterr().err
+    )

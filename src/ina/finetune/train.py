@@ -409,6 +409,7 @@ def finetune(
     log = print if main else (lambda *a, **k: None)
 
     quantization_config(finetune_args)  # no GPU or no bitsandbytes: say so before anything else
+    resume = _resume_target(finetune_args.resume_from_checkpoint, args.output_dir)
     # data first: malformed records stop the run before a large model is loaded
     base_name = base_model_name(finetune_args)
     tokenizer = load_tokenizer(finetune_args)
@@ -434,7 +435,6 @@ def finetune(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    resume = _resume_target(finetune_args.resume_from_checkpoint, args.output_dir)
     log(
         f"training on {counts['train_examples']} examples ({counts['val_examples']} held out), template "
         f"{template.name!r}, {args.world_size} process(es)"
