@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the experiment subcommands to the `ina` parser."""
     glue = subparsers.add_parser(
         "glue",
+        allow_abbrev=False,  # flags pass through to TrainingArguments: --seed must not be read as --seeds
         help="fine-tune an InA adapter on a GLUE task (offline default: MiniLM on vader movie reviews)",
         description="Sequence classification (STS-B: regression) with an InA adapter and the HF Trainer, flags as "
         "in Hugging Face's run_glue.py. Any transformers.TrainingArguments flag (e.g. --num_train_epochs 3 "
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     squad = subparsers.add_parser(
         "squad",
+        allow_abbrev=False,  # flags pass through to TrainingArguments: --seed must not be read as --seeds
         help="fine-tune an InA adapter for extractive QA on SQuAD v1/v2 JSON (offline default: a synthetic set)",
         description="Extractive question answering with an InA adapter and the HF Trainer, flags as in Hugging "
         "Face's run_qa.py; official SQuAD v2 exact match and F1. Any TrainingArguments flag is passed through.",
@@ -46,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     sweep = subparsers.add_parser(
         "sweep",
+        allow_abbrev=False,  # flags pass through to TrainingArguments: --seed must not be read as --seeds
         help="run glue or squad over inhibition ratios × seeds; writes results.csv/.md/.png (resumable)",
         description="Every other flag goes to the experiment (e.g. --task_name rte --model_name_or_path M). Finished "
         "runs (runs/NAME/result.json) are skipped, so an interrupted sweep continues where it stopped.",
@@ -94,7 +97,7 @@ def _sweep(args: argparse.Namespace, extra: list[str]) -> int:
     from ina.experiments.common import ExperimentError
     from ina.experiments.sweep import run_sweep
 
-    parser = argparse.ArgumentParser(prog=f"ina sweep --experiment {args.experiment}")
+    parser = argparse.ArgumentParser(prog=f"ina sweep --experiment {args.experiment}", allow_abbrev=False)
     _add_experiment_arguments(parser, args.experiment)
 
     def run_one(argv: list[str]) -> dict[str, Any]:

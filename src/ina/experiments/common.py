@@ -169,6 +169,12 @@ def load_tokenizer(model_name_or_path: str, tokenizer_name: str | None = None) -
             f"--model_name_or_path {model_name_or_path!r} has no usable tokenizer ({type(error).__name__}: "
             f"{str(error).splitlines()[0][:200]}); save one next to the model or pass --tokenizer_name"
         ) from error
+    # transformers 5 builds an empty tokenizer from config.json alone; a real one has more than its specials.
+    if len(tokenizer.get_vocab()) <= len(set(tokenizer.all_special_tokens)):
+        raise ExperimentError(
+            f"--model_name_or_path {model_name_or_path!r} has no tokenizer files (its tokenizer would have an empty "
+            "vocabulary); save the tokenizer next to the model or pass --tokenizer_name"
+        )
     if not getattr(tokenizer, "is_fast", False):
         raise ExperimentError(
             f"the tokenizer of {source!r} is not a fast (Rust) tokenizer; ina needs one (for offset mappings); "
