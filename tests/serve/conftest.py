@@ -44,11 +44,12 @@ def serve_files(tmp_path_factory: pytest.TempPathFactory) -> ServeFiles:
     return ServeFiles(base, adapters)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def engine(serve_files: ServeFiles) -> Iterator[object]:
     from ina.serve.engine import Engine
 
-    # One intra-op thread: a 2-layer model gains nothing from more, and loses a lot on a busy 2-core box.
+    # One intra-op thread: a 2-layer model gains nothing from more, and loses a lot on a busy 2-core box
+    # (module scope, so the process-wide setting is restored before other rooms' tests run).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     # float64: greedy ties between near-equal logits cannot flip between a batch and a lone request
@@ -59,7 +60,7 @@ def engine(serve_files: ServeFiles) -> Iterator[object]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def settings(serve_files: ServeFiles) -> object:
     from ina.serve.settings import ServeSettings
 
@@ -72,7 +73,7 @@ def settings(serve_files: ServeFiles) -> object:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server(engine: object, settings: object) -> Iterator[LiveServer]:
     from ina.serve.app import create_app
 

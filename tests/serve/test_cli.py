@@ -7,16 +7,16 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import httpx
 import pytest
-from conftest import ServeFiles
 
 from ina.cli import main
 from ina.serve.server import free_port
 
 
-def test_ina_serve_process_answers_and_stops(serve_files: ServeFiles) -> None:
+def test_ina_serve_process_answers_and_stops(serve_files: Any) -> None:
     port = free_port()
     command = [sys.executable, "-m", "ina", "serve", "--base_model", str(serve_files.base)]
     command += ["--adapter", f"ina03={serve_files.adapters['ina03']}", "--port", str(port)]
@@ -95,7 +95,7 @@ def test_ina_serve_without_arguments_serves_the_embedded_model(tmp_path: object)
             process.wait()
 
 
-def test_flag_errors_name_the_flag(serve_files: ServeFiles, capsys: pytest.CaptureFixture[str]) -> None:
+def test_flag_errors_name_the_flag(serve_files: Any, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit, match="--adapter must be NAME=PATH"):
         main(["serve", "--base_model", str(serve_files.base), "--adapter", "no-equals-sign"])
     code = main(["serve", "--base_model", str(serve_files.base), "--adapter", "bad.name=/nowhere"])
