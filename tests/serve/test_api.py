@@ -78,6 +78,8 @@ def test_completion_prompt_list_n_echo_and_stream(client: openai.OpenAI) -> None
         )
     )
     assert streamed == reply.choices[2].text
+    default = client.completions.create(model="tiny-llama", prompt="The quick", temperature=0)
+    assert default.usage.completion_tokens <= 16  # OpenAI's default max_tokens for completions
 
 
 def test_sampling_seed_reproducible_and_n_choices_differ(client: openai.OpenAI) -> None:

@@ -199,7 +199,12 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
         resolve(body.model)
         check_n(body.n)
         check_supported(body)
-        max_tokens = max_tokens_of(body.max_tokens)
+        # OpenAI's default for text completions: 16 tokens (chat requests default to 256, or the cap if lower)
+        max_tokens = (
+            max_tokens_of(body.max_tokens)
+            if body.max_tokens is not None
+            else min(16, settings.max_tokens_cap)
+        )
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         encoded = [_engine_call(engine.encode_text, p, "prompt") for p in prompts]
         for ids in encoded:
