@@ -60,6 +60,19 @@ def test_chat_stream_ends_with_done_and_matches(client: openai.OpenAI, server: o
     assert json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
 
 
+def test_chat_stream_with_n_choices(client: openai.OpenAI) -> None:
+    kwargs = dict(model="ina09", messages=[{"role": "user", "content": "Tell me a joke"}], max_tokens=8, n=2)
+    texts, finished = {0: "", 1: ""}, set()
+    for chunk in client.chat.completions.create(temperature=1.0, seed=3, stream=True, **kwargs):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert finished == {0, 1}
+    whole = client.chat.completions.create(temperature=1.0, seed=3, **kwargs)
+    assert [c.message.content for c in whole.choices] == [texts[0], texts[1]]
+
+
 def test_completion_prompt_list_n_echo_and_stream(client: openai.OpenAI) -> None:
     reply = client.completions.create(
         model="ina09", prompt=["I put my red bag", "What is"], max_tokens=6, temperature=0, n=2
