@@ -9,7 +9,6 @@ from peft import get_peft_model
 from ina import InAConfig, inhibit
 from ina.core import fast
 from ina.core.functional import ACTIVATIONS
-from ina.core.layer import InALinearVariant
 from ina.testing import tiny_model
 
 SHAPES = [(6, 16), (2, 5, 16), (2, 3, 4, 16)]  # 2-D, 3-D, 4-D inputs, in = 16
@@ -185,13 +184,6 @@ def test_rejects_bad_arguments_by_name():
         fused(*tensors, scaling=1.0, rho=0.3, activation="gelu", p=1.0)
 
 
-# until InALinearVariant.forward dispatches to the fused branch, the model-level checks have nothing to test
-needs_dispatch = pytest.mark.skipif(
-    "layer_forward" not in InALinearVariant.forward.__code__.co_names,
-    reason="InALinearVariant.forward does not call ina.core.fast.layer_forward yet",
-)
-
-
 def _peft_model(dropout: float = 0.0):
     model = get_peft_model(
         tiny_model("llama"),
@@ -228,7 +220,6 @@ def _fused_calls(model, ids):
     return len(calls)
 
 
-@needs_dispatch
 def test_peft_model_fast_path_gives_reference_logits_and_grads():
     model = _peft_model(dropout=0.1).eval()  # dropout configured but inactive in eval mode
     ids = torch.randint(4, 500, (2, 9))
@@ -244,7 +235,6 @@ def test_peft_model_fast_path_gives_reference_logits_and_grads():
         assert rel_err(grad, ref_grads[name]) < 1e-5, name
 
 
-@needs_dispatch
 def test_peft_model_trains_with_fast_path_and_dropout():
     model = _peft_model(dropout=0.1).train()
     ids = torch.randint(4, 500, (2, 9))
@@ -272,7 +262,6 @@ def test_narrower_result_dtype_is_widened_like_the_reference():
     assert not fast.supports(x.bfloat16(), result.float(), lora_A.bfloat16(), lora_B.bfloat16())
 
 
-@needs_dispatch
 def test_peft_model_fast_path_under_cpu_autocast():
     """bf16 autocast: the fused branch runs in bf16 too, about as close to fp32 as the reference."""
     model = _peft_model().eval()
@@ -296,7 +285,6 @@ def test_peft_model_fast_path_under_cpu_autocast():
     assert rel_err(fused_all, exact) <= 1.5 * rel_err(ref_all, exact) + 1e-2
 
 
-@needs_dispatch
 def test_forward_hooks_on_adapter_modules_get_the_reference_path():
     """Hooks (e.g. `ina viz inhibition` capturing h from lora_A) must still fire: the layer falls back."""
     model = _peft_model().eval()

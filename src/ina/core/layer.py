@@ -66,6 +66,11 @@ class InALinearVariant(LoraVariant):
     def forward(
         self, module: LoraLayer, *, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs: Any
     ) -> torch.Tensor:
+        from ina.core.fast import layer_forward  # the fused path, where it applies (ina.core.fast)
+
+        fused = layer_forward(module, active_adapter, x, result, self.gate)
+        if fused is not None:
+            return fused
         lora_A = module.lora_A[active_adapter]
         lora_B = module.lora_B[active_adapter]
         h = lora_A(module.lora_dropout[active_adapter](x))  # (*, r), computed once
