@@ -12,7 +12,7 @@ from ina.cli import main
 from ina.testing import tiny_model, tiny_tokenizer
 from ina.viz.report import ATTENTION_FILES, CURVES_FILES, INHIBITION_FILES
 
-TEXT, PAIR = "I put my red bag in the black bag.", "What is the colour of my bag?"
+TEXT, PAIR = "my red bag", "my bag?"  # short: drawing tick labels dominates the run time
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +130,7 @@ def test_curves_reads_runs_and_their_last_checkpoint(tmp_path, capsys):
         (["--layers", "1,x"], "--layers must be comma-separated integers"),
         (["--adapter", "nowhere=/no/such/folder"], "has no adapter_config.json"),
         (["--adapter", "lora=/no/such/folder"], "part of PEFT's parameter prefix 'lora_'"),
+        (["--adapter", "rho0.3=/no/such/folder"], "--adapter NAME must use letters, digits"),
     ],
 )
 def test_attention_input_errors(saved, tmp_path, capsys, extra, message):

@@ -94,7 +94,7 @@ def attention_grid(
         len(layers),
         len(columns),
         figsize=(panel * len(columns) + 1.2, panel * len(layers) + 0.6),
-        layout="constrained",
+        gridspec_kw={"wspace": 0.06, "hspace": 0.1},
         squeeze=False,
     )
     image = None
@@ -112,7 +112,9 @@ def attention_grid(
     bar = figure.colorbar(image, ax=axes, shrink=min(0.6, 1.8 / len(layers)), aspect=15)
     bar.set_label(f"attention weight (mean over heads; power scale γ={gamma})")
     if title:
-        figure.suptitle(title, fontsize=12)
+        height = figure.get_figheight()
+        figure.subplots_adjust(top=1 - 0.55 / height)
+        figure.suptitle(title, fontsize=12, y=1 - 0.1 / height)
     save_figure(figure, path)
     return {"vmin": 0.0, "vmax": vmax, "gamma": gamma}
 
@@ -138,7 +140,7 @@ def moved_grid(columns: Sequence[dict], names: Sequence[str], path: Path, title:
         len(adapters),
         figsize=(panel * len(adapters) + 1.2, panel * len(layers) + 0.6),
         squeeze=False,
-        layout="constrained",
+        gridspec_kw={"wspace": 0.06, "hspace": 0.1},
     )
     image = None
     for row, layer in enumerate(layers):
@@ -161,7 +163,9 @@ def moved_grid(columns: Sequence[dict], names: Sequence[str], path: Path, title:
     bar = figure.colorbar(image, ax=axes, shrink=min(0.6, 1.8 / len(layers)), aspect=15)
     bar.set_label("attention moved: adapter − base (red: more, blue: less)")
     if title:
-        figure.suptitle(title, fontsize=12)
+        height = figure.get_figheight()
+        figure.subplots_adjust(top=1 - 0.55 / height)
+        figure.suptitle(title, fontsize=12, y=1 - 0.1 / height)
     save_figure(figure, path)
     return limit
 
@@ -184,7 +188,7 @@ def layer_figure_png(
         len(columns),
         figsize=(panel * len(columns) + 1.5, panel * rows),
         squeeze=False,
-        layout="constrained",
+        gridspec_kw={"wspace": 0.12, "hspace": 0.25},
     )
     base = np.asarray(columns[0]["attention"][row])
     norm = colors.PowerNorm(gamma=gamma, vmin=0.0, vmax=vmax)

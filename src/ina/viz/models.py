@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ def parse_adapter(value: str) -> AdapterSpec:
     name, path = name.strip(), path.strip()
     if not name or not path:
         raise ValueError(f"--adapter must be NAME=PATH (e.g. ina30=runs/ina-0.3); got {value!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):  # module dictionaries refuse dots
+        raise ValueError(
+            f"--adapter NAME must use letters, digits, '_' and '-' only (e.g. ina30); got {name!r}"
+        )
     if name == "base" or name.startswith("__"):
         raise ValueError(f"--adapter: the name {name!r} is reserved for the base model; choose another NAME")
     if name in "lora_":  # PEFT finds adapter weights by the prefix "lora_"; such a name may reinitialise them
