@@ -85,3 +85,13 @@ def test_short_names():
 def test_unknown_adapter_is_a_clear_error():
     with pytest.raises(ValueError, match=r"`adapter_name` must be one of the loaded adapters \['default'\]"):
         compute_inhibition(nonzero_adapter(0.3), tiny_tokenizer(), TEXTS, "missing")
+
+
+def test_text_pairs_are_encoded_as_pairs():
+    tokenizer = tiny_tokenizer()
+    model = nonzero_adapter(0.3)
+    result = compute_inhibition(model, tokenizer, [(TEXTS[0], TEXTS[1])], "default")
+    expected = len(
+        tokenizer(f"{TEXTS[0]} {TEXTS[1]}")["input_ids"]
+    )  # causal models join the pair with a space
+    assert all(len(m["per_text"][0]["below_threshold"]) == expected for m in result["modules"])

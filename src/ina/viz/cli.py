@@ -97,6 +97,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"{list(TEXT_KEYS)} (joined with {list(PAIR_KEYS)} when present)",
     )
     inhibition.add_argument(
+        "--text_pair",
+        default=None,
+        help="a second segment read with every --text (encoders: [CLS] text [SEP] pair [SEP])",
+    )
+    inhibition.add_argument(
         "--max_texts", type=int, default=64, help="use at most this many texts (default 64)"
     )
     inhibition.set_defaults(handler=_guarded(_inhibition, "inhibition"))
@@ -220,7 +225,12 @@ def _inhibition(args: argparse.Namespace) -> int:
     from ina.viz.models import display_name, load_models, parse_adapter
     from ina.viz.report import inhibition_report, markdown_tables
 
-    texts = args.text[: args.max_texts] if args.text else read_texts(args.data, args.max_texts)
+    if args.text_pair is not None and not args.text:
+        raise ValueError("--text_pair goes with --text; with --data, put both segments in each record")
+    if args.text:
+        texts = [(t, args.text_pair) if args.text_pair else t for t in args.text[: args.max_texts]]
+    else:
+        texts = read_texts(args.data, args.max_texts)
     adapters = [parse_adapter(value) for value in args.adapter]
     model, tokenizer = load_models(args.base_model, adapters, device=args.device, dtype=args.dtype)
     result = inhibition_report(

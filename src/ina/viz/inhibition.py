@@ -73,7 +73,14 @@ def gate_statistics(h: torch.Tensor, inhibition: float) -> tuple[torch.Tensor, t
     return below.float().mean(dim=-1), token_max
 
 
-def compute_inhibition(model: nn.Module, tokenizer: Any, texts: Sequence[str], adapter_name: str) -> dict:
+Text = str | tuple[str, str]  # one text, or a pair (encoders: [CLS] a [SEP] b [SEP])
+
+
+def _split(text: Text) -> tuple[str, str | None]:
+    return (text[0], text[1]) if isinstance(text, tuple) else (text, None)
+
+
+def compute_inhibition(model: nn.Module, tokenizer: Any, texts: Sequence[Text], adapter_name: str) -> dict:
     """Gate statistics of adapter ``adapter_name`` of a `PeftModel` over ``texts`` (one forward pass each).
 
     Returns a JSON-able dict: ``name``, ``settings`` (ρ, activation, r, ...), ``modules`` (per adapted
@@ -97,7 +104,7 @@ def compute_inhibition(model: nn.Module, tokenizer: Any, texts: Sequence[str], a
     }
     truncated = []
     for index, text in enumerate(texts):
-        encoded, was_truncated = encode(model, tokenizer, text, None, causal)
+        encoded, was_truncated = encode(model, tokenizer, *_split(text), causal)
         if was_truncated:
             truncated.append(index)
         inputs = {k: v.to(device) for k, v in encoded.items()}
@@ -125,16 +132,18 @@ def compute_inhibition(model: nn.Module, tokenizer: Any, texts: Sequence[str], a
     }
 
 
-def token_texts(tokenizer: Any, model: nn.Module, texts: Sequence[str]) -> list[dict]:
+def token_texts(tokenizer: Any, model: nn.Module, texts: Sequence[Text]) -> list[dict]:
     """The tokens of each text as the model sees them (same truncation as :func:`compute_inhibition`)."""
     causal = looks_causal(model)
     out = []
     for text in texts:
-        ids = encode(model, tokenizer, text, None, causal)[0]["input_ids"][0].tolist()
+        first, pair = _split(text)
+        ids = encode(model, tokenizer, first, pair, causal)[0]["input_ids"][0].tolist()
         contexts = [_context(tokenizer, ids, p) for p in range(len(ids))]
         out.append(
             {
-                "text": text,
+                "text": first,
+                "text_pair": pair,
                 "tokens": tokenizer.convert_ids_to_tokens(ids),
                 "token_texts": [tokenizer.decode([i]) for i in ids],
                 "contexts": contexts,

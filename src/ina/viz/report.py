@@ -178,7 +178,7 @@ def inhibition_report(
     model: nn.Module,
     tokenizer: Any,
     adapters: Sequence[tuple[str, str]],
-    texts: Sequence[str],
+    texts: Sequence[str | tuple[str, str]],
     out_dir: Path,
     base_model: str = "",
 ) -> dict:
