@@ -410,6 +410,14 @@ def finetune(
 
     quantization_config(finetune_args)  # no GPU or no bitsandbytes: say so before anything else
     resume = _resume_target(finetune_args.resume_from_checkpoint, args.output_dir)
+    if not finetune_args.base_model or not finetune_args.data_path:
+        # one process per machine converts/builds the embedded defaults; the others then find them ready
+        with args.main_process_first(desc="preparing the embedded defaults"):
+            base_model_name(finetune_args)
+            if not finetune_args.data_path:
+                from ina.embedded.instruct_data import ensure_dataset
+
+                ensure_dataset()
     # data first: malformed records stop the run before a large model is loaded
     base_name = base_model_name(finetune_args)
     tokenizer = load_tokenizer(finetune_args)
