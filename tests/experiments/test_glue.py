@@ -21,6 +21,9 @@ FAST = [
     "True",
     "--seed",
     "3",
+    # one thread: on a busy 2-core machine a second torch thread mostly spins
+    "--torch_threads",
+    "1",
 ]
 
 
@@ -46,8 +49,10 @@ def test_glue_trains_saves_classifier_and_reloads(tiny_encoder_dir, sentiment_fi
         "--lora_r",
         "2",
     ]
+    threads = torch.get_num_threads()
     code = main([*argv, *FAST])
     assert code == 0
+    assert torch.get_num_threads() == threads  # --torch_threads is restored afterwards
     record = json.loads((out / "result.json").read_text())
     assert set(record["metrics"]) == {"accuracy"} and 0 <= record["metrics"]["accuracy"] <= 1
     assert (record["inhibition"], record["r"], record["seed"], record["train_samples"]) == (0.3, 2, 3, 24)

@@ -11,13 +11,16 @@ from ina.experiments.sweep import markdown_table, summarise, verdict
 
 FAST = [
     "--num_train_epochs",
-    "2",
+    "1",
     "--learning_rate",
     "5e-3",
     "--per_device_train_batch_size",
     "4",
     "--disable_tqdm",
     "True",
+    # one thread: on a busy 2-core machine a second torch thread mostly spins
+    "--torch_threads",
+    "1",
 ]
 
 

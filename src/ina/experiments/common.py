@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,20 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         help="CPU threads for torch (default: torch's choice). On a busy shared machine 1 can be many times "
         "faster than 2, because waiting threads spin",
     )
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` torch CPU threads (``None``: unchanged), restoring the previous count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def parse_list(value: str | None) -> list[str] | None:

@@ -21,6 +21,7 @@ from ina.experiments.common import (
     ensure_padding,
     inhibition_config,
     load_tokenizer,
+    torch_threads,
     trainable_parameters,
     training_arguments,
     write_json,
@@ -195,6 +196,11 @@ def compute_metrics(task: GlueTask, logits: np.ndarray, labels: np.ndarray) -> d
 
 def run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     """Train and evaluate one adapter; returns (and writes to ``result.json``, last) the run's record."""
+    with torch_threads(args.torch_threads):
+        return _run(args, extra)
+
+
+def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     task, dataset, model_name = resolve(args)
     demo = dataset == VADER_DATASET and not args.model_name_or_path
     if demo:
@@ -204,10 +210,6 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     training = training_arguments(
         extra, output_dir, DEMO_TRAINER if demo else {"num_train_epochs": GLUE_EPOCHS}
     )
-    if args.torch_threads:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
     tokenizer = load_tokenizer(model_name, args.tokenizer_name)
     splits = load_splits(args, task, dataset)
 

@@ -21,6 +21,7 @@ from ina.experiments.common import (
     ensure_padding,
     inhibition_config,
     load_tokenizer,
+    torch_threads,
     trainable_parameters,
     training_arguments,
     write_json,
@@ -124,6 +125,11 @@ def load_examples(args: argparse.Namespace) -> tuple[list[Example], list[Example
 
 def run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     """Train and evaluate one QA adapter; returns (and writes to ``result.json``, last) the run's record."""
+    with torch_threads(args.torch_threads):
+        return _run(args, extra)
+
+
+def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     if args.doc_stride >= args.max_seq_length:
         raise ExperimentError(
             f"--doc_stride must be smaller than --max_seq_length; got {args.doc_stride} ≥ {args.max_seq_length}"
@@ -145,10 +151,6 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
             "label_names": "start_positions end_positions",
         },
     )
-    if args.torch_threads:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
     tokenizer = load_tokenizer(model_name, args.tokenizer_name)
 
     from datasets import Dataset
