@@ -350,8 +350,13 @@ def _fused_or_none(
     gate: Any,
     p: float,
 ) -> torch.Tensor | None:
-    if not supports(x, result, lora_A, lora_B):
+    if not supports(x, result, lora_A, lora_B) or gate.activation not in ACTIVATIONS:
         return None
-    return ina_branch(
-        x, result, lora_A, lora_B, scaling, gate.inhibition, gate.activation, gate.negative_slope, dropout=p
+    keep_for_backward = torch.is_grad_enabled() and (
+        x.requires_grad or lora_A.requires_grad or lora_B.requires_grad
     )
+    seed = new_seed() if p > 0 else 0
+    return InABranch.apply(
+        x, result, lora_A, lora_B, float(scaling), gate.inhibition, gate.activation, gate.negative_slope, p, seed,
+        keep_for_backward,
+    )  # fmt: skip
