@@ -187,3 +187,61 @@ def test_model_without_tokenizer_is_named(tmp_path, sentiment_files):
         ]
     )
     assert code == 2
+
+
+def _mnli_tsv(path, rows):
+    lines = ["index\tpromptID\tsentence1\tsentence2\tgold_label"]
+    labels = ["entailment", "neutral", "contradiction"]
+    lines += [
+        f"{i}\t{i}\tA man plays music number {i} .\tSomeone plays {i % 3} .\t{labels[i % 3]}"
+        for i in range(rows)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_mnli_from_a_glue_folder_reports_matched_and_mismatched(tiny_encoder_dir, tmp_path):
+    folder = tmp_path / "MNLI"
+    folder.mkdir()
+    _mnli_tsv(folder / "train.tsv", 12)
+    _mnli_tsv(folder / "dev_matched.tsv", 6)
+    _mnli_tsv(folder / "dev_mismatched.tsv", 9)
+    out = tmp_path / "mnli"
+    argv = [
+        "glue",
+        "--task",
+        "mnli",
+        "--model_name_or_path",
+        str(tiny_encoder_dir),
+        "--data_dir",
+        str(folder),
+    ]
+    assert (
+        main([*argv, "--output_dir", str(out), *FAST]) == 2
+    )  # the tiny model's head has 2 outputs, MNLI needs 3
+    assert main([*argv, "--output_dir", str(out), "--ignore_mismatched_sizes", *FAST]) == 0
+    record = json.loads((out / "result.json").read_text())
+    assert set(record["metrics"]) == {"accuracy", "accuracy_mismatched"}
+    assert record["eval_samples"] == {"validation_matched": 6, "validation_mismatched": 9}
+    # a multiple of 1/6 and of 1/9: the two sets really were scored separately
+    assert round(record["metrics"]["accuracy"] * 6, 6).is_integer()
+    assert round(record["metrics"]["accuracy_mismatched"] * 9, 6).is_integer()
+
+
+def test_stsb_is_a_regression_with_pearson_and_spearman(tiny_encoder_dir, tmp_path):
+    for name, rows in (("train.jsonl", 12), ("dev.jsonl", 8)):
+        lines = [
+            json.dumps({"sentence1": f"a cat {i}", "sentence2": f"a dog {i}", "label": (i % 6) * 0.8})
+            for i in range(rows)
+        ]
+        (tmp_path / name).write_text("\n".join(lines))
+    out = tmp_path / "stsb"
+    argv = ["glue", "--task", "stsb", "--model_name_or_path", str(tiny_encoder_dir), "--output_dir", str(out)]
+    argv += ["--train_file", str(tmp_path / "train.jsonl"), "--validation_file", str(tmp_path / "dev.jsonl")]
+    assert main([*argv, "--ignore_mismatched_sizes", *FAST]) == 0
+    record = json.loads((out / "result.json").read_text())
+    assert set(record["metrics"]) == {"pearson", "spearman"}
+    assert all(-1 <= value <= 1 for value in record["metrics"].values())
+    base = AutoModelForSequenceClassification.from_pretrained(
+        tiny_encoder_dir, num_labels=1, ignore_mismatched_sizes=True
+    )
+    assert ina.load_adapter(base, out)(torch.tensor([[5, 6, 7]])).logits.shape == (1, 1)

@@ -27,6 +27,7 @@ from ina.experiments.common import (
     write_json,
 )
 from ina.experiments.glue_data import (
+    TSV_FILES,
     VADER_DATASET,
     GlueTask,
     check_rows,
@@ -77,6 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--validation_file", default=None, help="validation data (MNLI: matched), same formats"
     )
     parser.add_argument("--validation_mismatched_file", default=None, help="MNLI mismatched validation data")
+    parser.add_argument(
+        "--ignore_mismatched_sizes",
+        action="store_true",
+        help="replace a classification head of another size (e.g. starting RTE from an MNLI model) by a new one",
+    )
     parser.add_argument(
         "--max_seq_length", type=int, default=128, help="longer inputs are truncated (default 128)"
     )
@@ -142,7 +148,7 @@ def load_splits(args: argparse.Namespace, task: GlueTask, dataset: str) -> dict[
         paths: dict[str, str] = {}
         if args.data_dir:
             for split in ("train", *task.validation_splits):
-                candidate = Path(args.data_dir) / _tsv_name(task, split)
+                candidate = Path(args.data_dir) / TSV_FILES[split]
                 if candidate.is_file():
                     paths[split] = str(candidate)
         if args.train_file:
@@ -154,7 +160,7 @@ def load_splits(args: argparse.Namespace, task: GlueTask, dataset: str) -> dict[
         for split in ("train", task.validation_splits[0]):
             if split not in paths:
                 raise ExperimentError(
-                    f"no {split} data: --data_dir {args.data_dir!r} lacks {_tsv_name(task, split)}; "
+                    f"no {split} data: --data_dir {args.data_dir!r} lacks {TSV_FILES[split]}; "
                     "pass --train_file / --validation_file"
                 )
         raw = {split: read_rows(path, task) for split, path in paths.items()}
@@ -169,12 +175,6 @@ def load_splits(args: argparse.Namespace, task: GlueTask, dataset: str) -> dict[
             if split != "train":
                 splits[split] = splits[split][: args.max_eval_samples]
     return splits
-
-
-def _tsv_name(task: GlueTask, split: str) -> str:
-    from ina.experiments.glue_data import TSV_FILES
-
-    return TSV_FILES[split]
 
 
 def compute_metrics(task: GlueTask, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -232,7 +232,17 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
         config.problem_type = "single_label_classification"
     ensure_padding(tokenizer, config)
     set_seed(training.seed)
-    base = AutoModelForSequenceClassification.from_pretrained(model_name, config=config)
+    try:
+        base = AutoModelForSequenceClassification.from_pretrained(
+            model_name, config=config, ignore_mismatched_sizes=args.ignore_mismatched_sizes
+        )
+    except RuntimeError as error:
+        if "ignore_mismatched_sizes" not in str(error):
+            raise
+        raise ExperimentError(
+            f"{model_name!r} already has a classification head of another size than task {task.name!r} needs "
+            f"({task.num_labels} outputs); pass --ignore_mismatched_sizes to start a new head"
+        ) from error
     model = get_peft_model(base, inhibition_config(args, base, "SEQ_CLS"))
     trainable, total = trainable_parameters(model)
 
