@@ -109,6 +109,7 @@ def test_table_marks_best_and_labels_lora():
     table = markdown_table(names, rows)
     assert table.splitlines()[2] == "| LoRA (ρ=0) | **82.00 ± 0.00** | **79.00 ± 1.41** | 2 |"
     assert table.splitlines()[3] == "| InA ρ=0.1 | **82.00 ± 2.83** | 72.00 ± 2.83 | 2 |"  # a tie: both bold
+    assert verdict(["accuracy"], rows).endswith("It ties with InA ρ=0.1 (82.00): no ratio wins.")
     sentence = verdict(["f1"], rows)
     assert (
         sentence.startswith("Best mean f1: LoRA (ρ=0) (79.00).")

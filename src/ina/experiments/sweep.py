@@ -246,6 +246,8 @@ def verdict(metric_names: list[str], rows: list[dict[str, Any]]) -> str:
         else math.nan
     )
     versus = f"{label(runner['inhibition'])} ({runner[name][0]:.2f})"
+    if gap == 0:
+        return text + f" It ties with {versus}: no ratio wins."
     if math.isnan(spread):
         return (
             text
