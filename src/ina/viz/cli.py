@@ -257,10 +257,10 @@ def _curves(args: argparse.Namespace) -> int:
 
     runs = curves_report(args.run_dirs, args.out)
     for run in runs:
-        last_train = run["train"][-1]["loss"] if run["train"] else None
-        last_eval = run["eval"][-1]["loss"] if run["eval"] else None
+        last = [f"{points[-1]['loss']:.4f}" if points else "-" for points in (run["train"], run["eval"])]
         print(
-            f"{run['name']}: {len(run['train'])} train / {len(run['eval'])} validation points; last {last_train} / {last_eval}"
+            f"{run['name']}: {len(run['train'])} train / {len(run['eval'])} validation points; "
+            f"last train loss {last[0]}, last validation loss {last[1]}"
         )
     print(f"wrote {args.out}/curves.png, curves.json")
     return 0

@@ -70,6 +70,20 @@ def _panel(
     return image
 
 
+def _frame(figure: Any, image: Any, label: str, title: str | None) -> None:
+    """Room for the title on top and one colour bar on the right, in inches so that any grid size looks alike."""
+    width, height = figure.get_figwidth(), figure.get_figheight()
+    right = 1 - 1.3 / width
+    figure.subplots_adjust(
+        left=0.6 / width, right=right, top=1 - (0.55 if title else 0.2) / height, bottom=0.9 / height
+    )
+    bar_height = min(4.5, 0.6 * height) / height
+    colour_bar = figure.add_axes((right + 0.25 / width, 0.5 - bar_height / 2, 0.18 / width, bar_height))
+    figure.colorbar(image, cax=colour_bar).set_label(label)
+    if title:
+        figure.suptitle(title, fontsize=12, y=1 - 0.1 / height)
+
+
 def attention_grid(
     columns: Sequence[dict], names: Sequence[str], path: Path, title: str | None = None, gamma: float = 0.5
 ) -> dict[str, float]:
@@ -109,12 +123,7 @@ def attention_grid(
                 axis.set_title(names[col], fontsize=11, fontweight="bold")
             if col == 0:
                 axis.set_ylabel(f"layer {layer}", fontsize=10, fontweight="bold")
-    bar = figure.colorbar(image, ax=axes, shrink=min(0.6, 1.8 / len(layers)), aspect=15)
-    bar.set_label(f"attention weight (mean over heads; power scale γ={gamma})")
-    if title:
-        height = figure.get_figheight()
-        figure.subplots_adjust(top=1 - 0.55 / height)
-        figure.suptitle(title, fontsize=12, y=1 - 0.1 / height)
+    _frame(figure, image, f"attention weight (mean over heads; power scale γ={gamma})", title)
     save_figure(figure, path)
     return {"vmin": 0.0, "vmax": vmax, "gamma": gamma}
 
@@ -160,12 +169,7 @@ def moved_grid(columns: Sequence[dict], names: Sequence[str], path: Path, title:
                 axis.set_title(f"{names[col + 1]} − {names[0]}", fontsize=11, fontweight="bold")
             if col == 0:
                 axis.set_ylabel(f"layer {layer}", fontsize=10, fontweight="bold")
-    bar = figure.colorbar(image, ax=axes, shrink=min(0.6, 1.8 / len(layers)), aspect=15)
-    bar.set_label("attention moved: adapter − base (red: more, blue: less)")
-    if title:
-        height = figure.get_figheight()
-        figure.subplots_adjust(top=1 - 0.55 / height)
-        figure.suptitle(title, fontsize=12, y=1 - 0.1 / height)
+    _frame(figure, image, "attention moved: adapter − base (red: more, blue: less)", title)
     save_figure(figure, path)
     return limit
 
@@ -314,7 +318,8 @@ def token_inhibition_heatmap(result: dict, path: Path, text_index: int = 0) -> N
         axis.set_yticklabels(names, fontsize=6)
         axis.set_xticks(range(len(labels)))
         axis.set_xticklabels(labels if a == len(adapters) - 1 else [], rotation=90, fontsize=7)
-        axis.set_title(f"{adapter['name']} (ρ={adapter['settings']['inhibition']:g})", fontsize=9)
+        gate_off = ": the gate is off (LoRA)" if adapter["settings"]["inhibition"] == 0 else ""
+        axis.set_title(f"{adapter['name']} (ρ={adapter['settings']['inhibition']:g}){gate_off}", fontsize=9)
     figure.colorbar(
         image, ax=[row[0] for row in axes], shrink=0.6, label="share of rank units below threshold"
     )
