@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules import module as _module_globals
 
 from ina.core.functional import ACTIVATIONS
 
@@ -135,6 +136,45 @@ def _project(lora_A: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     return (lora_A @ x2.T).T
 
 
+def _forward(
+    x: torch.Tensor,
+    result: torch.Tensor,
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    scaling: float,
+    inhibition: float,
+    activation: str,
+    negative_slope: float,
+    dropout: float,
+    seed: int,
+) -> tuple[Any, ...]:
+    """The forward computation: (out, h, m, z, g, keep); m, z are None with ρ = 0, keep without dropout."""
+    x2 = x.reshape(-1, x.shape[-1])  # (T, in), a view when x is contiguous
+    keep = m = z = None
+    if dropout > 0:
+        keep = _keep(seed, x2.shape, dropout, x2.dtype, x2.device)  # (T, in), 0/1
+        h = _project(lora_A, x2 * keep).mul_(1.0 / (1.0 - dropout))  # (T, r); the dropped copy is transient
+    else:
+        h = _project(lora_A, x2)  # (T, r)
+    if inhibition == 0:
+        g = h
+    else:
+        m = h.amax(dim=-1, keepdim=True)  # (T, 1)
+        z = torch.sub(h, m, alpha=inhibition)  # (T, r): h − ρ·m
+        if activation == "leaky_relu":
+            g = F.leaky_relu(z, negative_slope)
+        elif activation == "gelu":
+            g = F.gelu(z)
+        else:
+            g = z
+    result2 = result.reshape(-1, result.shape[-1]).to(h.dtype)  # (T, out); widened like `result + delta`
+    # written into a fresh tensor of the output's shape: returning a view of an intermediate from an
+    # autograd.Function makes autograd track it as a view (as_strided replays, slow for one-token decoding)
+    out = torch.empty(result.shape, dtype=h.dtype, device=h.device)  # (*, out)
+    torch.addmm(result2, g, lora_B.T, alpha=scaling, out=out.view(-1, out.shape[-1]))
+    return out, h, m, z, g, keep
+
+
 class InABranch(torch.autograd.Function):
     """``result + s · B · inhibit(A · dropout(x))`` as one autograd node (see the module docstring)."""
 
@@ -153,34 +193,13 @@ class InABranch(torch.autograd.Function):
         seed: int,
         keep_for_backward: bool,
     ) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])  # (T, in), a view when x is contiguous
-        keep = None
-        if dropout > 0:
-            keep = _keep(seed, x2.shape, dropout, x2.dtype, x2.device)  # (T, in), 0/1
-            h = _project(lora_A, x2 * keep).mul_(
-                1.0 / (1.0 - dropout)
-            )  # (T, r); the dropped copy is transient
-        else:
-            h = _project(lora_A, x2)  # (T, r)
-        if inhibition == 0:
-            g = h
-        else:
-            m = h.amax(dim=-1, keepdim=True)  # (T, 1)
-            z = torch.sub(h, m, alpha=inhibition)  # (T, r): h − ρ·m
-            g = (
-                F.leaky_relu(z, negative_slope)
-                if activation == "leaky_relu"
-                else F.gelu(z)
-                if activation == "gelu"
-                else z
-            )
-        result2 = result.reshape(-1, result.shape[-1]).to(h.dtype)  # (T, out); widened like `result + delta`
-        out = torch.addmm(result2, g, lora_B.T, alpha=scaling)  # (T, out)
-
+        out, h, m, z, g, keep = _forward(
+            x, result, lora_A, lora_B, scaling, inhibition, activation, negative_slope, dropout, seed
+        )
         ctx.settings = (scaling, inhibition, activation, negative_slope, dropout, seed)
         ctx.result_dtype = result.dtype
         if not keep_for_backward:
-            return out.view(result.shape)
+            return out
         if inhibition == 0:
             saved = (h, None, None)
         else:
@@ -189,7 +208,7 @@ class InABranch(torch.autograd.Function):
             saved = (g, None if activation == "identity" else z, ties)
         mask = keep.bool() if keep is not None and _keeps_mask(x.device) else None  # 1 byte per element
         ctx.save_for_backward(x, lora_A, lora_B, *saved, mask)
-        return out.view(result.shape)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
@@ -294,10 +313,8 @@ def _is_compiling() -> bool:
 
 
 def _hooked(*modules: Any) -> bool:
-    from torch.nn.modules import module as module_globals
-
-    if getattr(module_globals, "_global_forward_hooks", None) or getattr(
-        module_globals, "_global_forward_pre_hooks", None
+    if getattr(_module_globals, "_global_forward_hooks", None) or getattr(
+        _module_globals, "_global_forward_pre_hooks", None
     ):
         return True
     return any(getattr(m, "_forward_hooks", None) or getattr(m, "_forward_pre_hooks", None) for m in modules)
@@ -316,22 +333,26 @@ def layer_forward(
     """
     if not _enabled or _is_compiling():
         return None
-    lora_A = module.lora_A[active_adapter]
-    lora_B = module.lora_B[active_adapter]
-    dropout = module.lora_dropout[active_adapter]
+    # plain dict look-ups: nn.Module.__getattr__ costs about a microsecond a call, and decoding calls this
+    # once per adapted layer per token
+    modules = module._modules
+    lora_A = modules["lora_A"]._modules.get(active_adapter)
+    lora_B = modules["lora_B"]._modules.get(active_adapter)
+    dropout = modules["lora_dropout"]._modules.get(active_adapter)
     if type(lora_A) is not torch.nn.Linear or type(lora_B) is not torch.nn.Linear:
         return None
-    if lora_A.bias is not None or lora_B.bias is not None:
+    params_A, params_B = lora_A._parameters, lora_B._parameters
+    if params_A.get("bias") is not None or params_B.get("bias") is not None:
         return None
     if _hooked(lora_A, lora_B, dropout, gate):  # hooks expect the reference path's module calls
         return None
-    if isinstance(dropout, torch.nn.Identity):
+    if type(dropout) is torch.nn.Identity:
         p = 0.0
     elif type(dropout) is torch.nn.Dropout:
         p = float(dropout.p) if dropout.training else 0.0
     else:
         return None
-    weight_A, weight_B = lora_A.weight, lora_B.weight
+    weight_A, weight_B = params_A["weight"], params_B["weight"]
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
@@ -356,6 +377,18 @@ def _fused_or_none(
         x.requires_grad or lora_A.requires_grad or lora_B.requires_grad
     )
     seed = new_seed() if p > 0 else 0
+    if not keep_for_backward:  # inference: no autograd node at all
+        args = (
+            x,
+            result,
+            lora_A,
+            lora_B,
+            float(scaling),
+            gate.inhibition,
+            gate.activation,
+            gate.negative_slope,
+        )
+        return _forward(*args, p, seed)[0]
     return InABranch.apply(
         x, result, lora_A, lora_B, float(scaling), gate.inhibition, gate.activation, gate.negative_slope, p, seed,
         keep_for_backward,
