@@ -116,6 +116,22 @@ def test_sdpa_model_is_switched_to_eager_for_the_call_and_restored(tokenizer):
     assert sdpa.config._attn_implementation == "sdpa"
     eager = compute_attention(tiny_model("llama", attn_implementation="eager"), tokenizer, TEXT)
     np.testing.assert_allclose(np.asarray(result["attention"]), np.asarray(eager["attention"]), atol=1e-6)
+    # the server's case: a PeftModel over an SDPA model, left in training mode
+    peft_model = get_peft_model(sdpa, ina.InAConfig(r=4, target_modules=TARGETS["llama"], inhibition=0.3))
+    peft_model.train()
+    adapted_result = compute_attention(peft_model, tokenizer, TEXT, adapter_name="default")
+    np.testing.assert_allclose(
+        np.asarray(adapted_result["attention"]), np.asarray(eager["attention"]), atol=1e-6
+    )
+    assert peft_model.training and peft_model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bloom"])
+def test_other_decoders_are_causal(arch, tokenizer):
+    result = compute_attention(tiny_model(arch, attn_implementation="eager"), tokenizer, TEXT, PAIR)
+    matrices = np.asarray(result["attention"])
+    assert result["causal"] is True and np.all(np.triu(matrices, k=1) == 0)
+    np.testing.assert_allclose(matrices.sum(-1), 1.0, atol=1e-5)
 
 
 def test_long_text_is_truncated_to_the_context(tokenizer):
