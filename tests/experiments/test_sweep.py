@@ -88,6 +88,10 @@ def test_sweep_two_ratios_two_seeds_end_to_end(tiny_encoder_dir, sentiment_files
         assert (out / "runs" / run / "result.json").stat().st_mtime_ns == stamps[run]
     assert (out / "runs" / runs[0] / "result.json").exists()
 
+    # Other experiment flags in the same folder would reuse runs of a different experiment: refused.
+    assert main([*argv, "--max_seq_length", "16"]) == 2
+    assert "pass a new --output_dir" in capsys.readouterr().err
+
 
 def test_table_marks_best_and_labels_lora():
     records = [

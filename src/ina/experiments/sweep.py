@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ina.experiments.common import RESULT_FILE, ExperimentError, flag_given, write_text
+from ina.experiments.common import RESULT_FILE, ExperimentError, flag_given, write_json, write_text
 
 # Flags the sweep sets per run; passing them through as single values would fight the grid.
 GRID_FLAGS = ("inhibition", "activation", "lora_r", "seed", "output_dir")
@@ -115,6 +115,7 @@ def run_sweep(
             )
     specs = grid(args)
     root = Path(args.output_dir)
+    check_same_command(root, args.experiment, extra)
     records = []
     for index, spec in enumerate(specs, start=1):
         folder = root / "runs" / spec.name
@@ -143,6 +144,22 @@ def run_sweep(
         records.append({**record, "run": spec.name})
     write_summaries(root, records, args.experiment)
     return records
+
+
+def check_same_command(root: Path, experiment: str, extra: list[str]) -> None:
+    """Record the experiment's flags in ``sweep.json``; refuse to resume a folder swept with other flags
+    (its finished runs would be silently reused for a different experiment)."""
+    command = {"experiment": experiment, "flags": list(extra)}
+    path = root / "sweep.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != command:
+            raise ExperimentError(
+                f"--output_dir {str(root)!r} holds a sweep of `{previous['experiment']} {' '.join(previous['flags'])}`, "
+                f"not `{experiment} {' '.join(extra)}`; pass a new --output_dir (or the same flags to resume)"
+            )
+    else:
+        write_json(path, command)
 
 
 def read_result(folder: Path) -> dict[str, Any] | None:
