@@ -245,3 +245,24 @@ def test_stsb_is_a_regression_with_pearson_and_spearman(tiny_encoder_dir, tmp_pa
         tiny_encoder_dir, num_labels=1, ignore_mismatched_sizes=True
     )
     assert ina.load_adapter(base, out)(torch.tensor([[5, 6, 7]])).logits.shape == (1, 1)
+
+
+def test_decoder_with_a_classification_head_and_no_pad_token(sentiment_files, tmp_path):
+    from ina.testing import tiny_model, tiny_tokenizer
+
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama", head="seq-cls", pad_token_id=None).save_pretrained(folder)
+    tokenizer = tiny_tokenizer()
+    tokenizer.pad_token = None  # like GPT-2 / LLaMA tokenizers
+    tokenizer.save_pretrained(folder)
+    train, dev = sentiment_files
+    out = tmp_path / "llama"
+    argv = ["glue", "--task", "sst2", "--model_name_or_path", str(folder), "--output_dir", str(out)]
+    assert main([*argv, "--train_file", str(train), "--validation_file", str(dev), *FAST]) == 0
+    config = ina.read_adapter_config(out)
+    assert sorted(config.target_modules) == [
+        "k_proj",
+        "q_proj",
+        "v_proj",
+    ]  # the architecture's attention Q/K/V
+    assert "accuracy" in json.loads((out / "result.json").read_text())["metrics"]
