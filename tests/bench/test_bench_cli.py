@@ -79,3 +79,17 @@ def test_bench_without_dropout_fused_path_saves_only_two_more_rank_sized_tensors
 def test_bench_rejects_bad_flags_by_name(flags, message, capsys):
     assert main(["bench", *SMALL, *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_a_local_model_folder(tmp_path):
+    from ina.testing import tiny_model
+
+    folder = tmp_path / "model"
+    tiny_model("llama").save_pretrained(folder)
+    path = tmp_path / "bench.json"
+    argv = ["bench", "--model", str(folder), "--batch", "1", "--seq", "8", "--warmup", "0", "--steps", "1"]
+    assert main([*argv, "--variants", "base,ina-fast", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["settings"]["model"] == str(folder) and report["settings"]["preset"] is None
+    # tiny_model("llama"): 2 layers, hidden 32, 2 KV heads of 8; q_proj and v_proj adapted with r = 8
+    assert report["variants"]["ina-fast"]["trainable_parameters"] == 2 * 8 * ((32 + 32) + (32 + 16))

@@ -485,7 +485,8 @@ def make_report(settings: BenchSettings, bench: Bench, results: dict[str, Varian
                 if bench.device.type == "cuda"
                 else "saved_for_backward only: unique storages kept for backward in one forward, parameters "
                 "excluded (no peak-memory counter on CPU)"
-            ),
+            )
+            + ("; saved_for_backward is measured in eager mode" if settings.compile else ""),
         },
         "variants": {name: asdict(r) for name, r in results.items()},
         "ratios": ratios,
