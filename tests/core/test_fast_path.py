@@ -230,6 +230,10 @@ def test_peft_model_fast_path_gives_reference_logits_and_grads():
         assert _fused_calls(model, ids) == 2 * 7  # every adapted linear layer of the 2-layer model
         logits, grads = _logits_and_grads(model, ids)
     assert rel_err(logits, ref_logits) < 1e-5
+    with torch.no_grad():  # inference runs the fused computation without an autograd node
+        assert rel_err(model(ids).logits, ref_logits) < 1e-5
+        with fast.enabled(False):
+            assert rel_err(model(ids).logits, ref_logits) < 1e-6
     assert grads.keys() == ref_grads.keys() and len(grads) == 2 * 2 * 7
     for name, grad in grads.items():
         assert rel_err(grad, ref_grads[name]) < 1e-5, name
@@ -315,3 +319,25 @@ def test_cuda_matches_reference(dtype, p):
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2
     for name, g, e in zip(["output", "x", "result", "A", "B"], got, expected, strict=True):
         assert rel_err(g, e) < tolerance, (name, rel_err(g, e))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_recomputes_the_same_dropout_masks(reentrant):
+    """Recomputation draws the same seeds (checkpointing restores the RNG state), so gradients are unchanged."""
+    ids = torch.randint(4, 500, (2, 9))
+
+    def grads(checkpoint: bool):
+        torch.manual_seed(0)
+        model = _peft_model(dropout=0.2).train()
+        if checkpoint:
+            model.base_model.model.gradient_checkpointing_enable({"use_reentrant": reentrant})
+            model.base_model.model.enable_input_require_grads()
+        if not (checkpoint and reentrant):  # reentrant checkpointing runs the forward pass without grad
+            assert _fused_calls(model, ids) == 2 * 7
+        torch.manual_seed(1)
+        model(ids, labels=ids).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    plain, checkpointed = grads(False), grads(True)
+    for name, grad in plain.items():
+        assert rel_err(checkpointed[name], grad) < 1e-6, name
