@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from ina.cli import main
 
@@ -11,16 +12,19 @@ SMALL = ["--preset", "tiny", "--batch", "1", "--seq", "16"]
 
 def test_bench_runs_every_variant_and_writes_json(tmp_path, capsys):
     path = tmp_path / "out" / "bench.json"
+    threads = torch.get_num_threads()
     code = main(
         ["bench", *SMALL, "--warmup", "0", "--steps", "2", "--targets", "all-linear", "--decode", "--decode-tokens", "3",
          "--decode-rounds", "1", "--json", str(path)]
     )  # fmt: skip
     assert code == 0
+    assert torch.get_num_threads() == threads  # the benchmark's thread setting does not leak
     table = capsys.readouterr().out
     assert table.startswith("| variant |") and "ina-fast" in table
     report = json.loads(path.read_text())
     assert list(report["variants"]) == ["base", "lora", "ina-reference", "ina-fast"]
     assert report["environment"]["batch"] == 1 and report["environment"]["seq"] == 16
+    assert report["environment"]["threads"] == 1  # the CPU default
     variants = report["variants"]
     assert variants["base"]["trainable_parameters"] == 0
     # r · (in + out) for q, k, v, o, gate, up, down of 4 layers (hidden 128, kv 64, intermediate 352)

@@ -62,7 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: 1 when benchmarking on CPU, torch's choice on CUDA)",
     )
     bench.add_argument("--json", default=None, metavar="PATH", help="write the full report as JSON here")
     bench.set_defaults(handler=_bench)

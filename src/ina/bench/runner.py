@@ -89,6 +89,8 @@ class BenchSettings:
     inhibition: float = 0.3
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     seed: int = 0
+    # CPU threads; None: 1 on CPU (a small model's ops are too short to share between threads, and on a
+    # shared machine OpenMP threads waiting for a busy core made steps 100× slower), torch's choice on CUDA
     threads: int | None = None
 
     def problems(self) -> list[str]:
@@ -372,8 +374,19 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
     problems = settings.problems()
     if problems:
         raise BenchError("invalid `ina bench` settings:\n" + "\n".join(f"  - {p}" for p in problems))
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
+    previous_threads = torch.get_num_threads()
+    threads = settings.threads
+    if threads is None and resolve_device(settings.device).type == "cpu":
+        threads = 1  # see BenchSettings.threads
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(settings, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(settings: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
     bench = Bench(settings)
     names = [v for v in VARIANTS if v in settings.variants]
     results: dict[str, VariantResult] = {}
