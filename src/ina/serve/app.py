@@ -286,7 +286,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
     async def attention(body: schemas.AttentionRequest) -> Any:
         adapter = resolve(body.model)
         try:
-            from ina.viz.attention import compute_attention
+            from ina.viz.attention import AttentionUnavailableError, compute_attention
         except ImportError as error:
             raise APIError(
                 501,
@@ -312,6 +312,8 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
             result = await asyncio.wrap_future(engine.run_exclusive(job))
         except (ValueError, IndexError) as error:
             raise invalid_request(str(error), "layers" if "layer" in str(error) else "text") from None
+        except AttentionUnavailableError as error:  # the model cannot return attention weights
+            raise APIError(422, str(error), "invalid_request_error", "model", "attention_unavailable") from None
         return {"object": "attention", "model": body.model, **result}
 
     # ---------------------------------------------------------------- web UI
