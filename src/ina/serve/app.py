@@ -313,7 +313,9 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
         except (ValueError, IndexError) as error:
             raise invalid_request(str(error), "layers" if "layer" in str(error) else "text") from None
         except AttentionUnavailableError as error:  # the model cannot return attention weights
-            raise APIError(422, str(error), "invalid_request_error", "model", "attention_unavailable") from None
+            raise APIError(
+                422, str(error), "invalid_request_error", "model", "attention_unavailable"
+            ) from None
         return {"object": "attention", "model": body.model, **result}
 
     # ---------------------------------------------------------------- web UI
