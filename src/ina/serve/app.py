@@ -150,15 +150,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
         rid, stamp = schemas.new_id("chatcmpl"), schemas.now()
 
         def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
-            return {
-                "id": rid,
-                "object": "chat.completion.chunk",
-                "created": stamp,
-                "model": body.model,
-                "system_fingerprint": None,
-                "choices": choices,
-                **({"usage": usage} if usage is not None else {}),
-            }
+            return _envelope(rid, "chat.completion.chunk", stamp, body.model, choices, usage)
 
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -176,23 +168,16 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
 
             return _sse(chunks(), run)
         texts, events = await run.collect(request)
-        return {
-            "id": rid,
-            "object": "chat.completion",
-            "created": stamp,
-            "model": body.model,
-            "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": texts[i]},
-                    "logprobs": None,
-                    "finish_reason": _finish_reason(events[i]),
-                }
-                for i in range(body.n)
-            ],
-            "usage": run.usage(len(prompt_ids)),
-        }
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": texts[i]},
+                "logprobs": None,
+                "finish_reason": _finish_reason(events[i]),
+            }
+            for i in range(body.n)
+        ]
+        return _envelope(rid, "chat.completion", stamp, body.model, choices, run.usage(len(prompt_ids)))
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: schemas.CompletionRequest, request: Request) -> Any:
@@ -218,15 +203,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
             return prompts[index // body.n] if body.echo else ""
 
         def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
-            return {
-                "id": rid,
-                "object": "text_completion",
-                "created": stamp,
-                "model": body.model,
-                "system_fingerprint": None,
-                "choices": choices,
-                **({"usage": usage} if usage is not None else {}),
-            }
+            return _envelope(rid, "text_completion", stamp, body.model, choices, usage)
 
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -244,17 +221,8 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
 
             return _sse(chunks(), run)
         texts, events = await run.collect(request)
-        return {
-            "id": rid,
-            "object": "text_completion",
-            "created": stamp,
-            "model": body.model,
-            "system_fingerprint": None,
-            "choices": [
-                _text_choice(i, prefix(i) + texts[i], _finish_reason(events[i])) for i in range(len(jobs))
-            ],
-            "usage": run.usage(prompt_tokens),
-        }
+        choices = [_text_choice(i, prefix(i) + texts[i], _finish_reason(events[i])) for i in range(len(jobs))]
+        return _envelope(rid, "text_completion", stamp, body.model, choices, run.usage(prompt_tokens))
 
     async def instruction_completion(body: schemas.InstructionRequest, request: Request) -> dict[str, Any]:
         model = body.model or (engine.adapters[0] if engine.adapters else engine.base_model_id)
@@ -344,6 +312,21 @@ def _api_error(error: EngineError) -> APIError:
     if isinstance(error, PromptError):
         return invalid_request(str(error), error.param, error.code)
     return APIError(500, str(error), "server_error")
+
+
+def _envelope(
+    rid: str, kind: str, stamp: int, model: str, choices: list[dict[str, Any]], usage: dict[str, int] | None
+) -> dict[str, Any]:
+    """The fields every completion response and stream chunk carries (OpenAI's shape)."""
+    return {
+        "id": rid,
+        "object": kind,
+        "created": stamp,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": choices,
+        **({"usage": usage} if usage is not None else {}),
+    }
 
 
 def _chat_choice(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
