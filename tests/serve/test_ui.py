@@ -109,3 +109,44 @@ def test_ui_reports_api_errors(server: object) -> None:
         failed = page.locator(".msg.assistant.error .text")
         sync_api.expect(failed).to_contain_text("max_tokens", timeout=15_000)
         browser.close()
+
+
+def test_compare_view_draws_each_models_attention_from_the_server(server: object, engine: object) -> None:
+    """The Attention button draws, per ticked model, the head-averaged map that POST /v1/attention returns."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+    import httpx
+
+    text = "I put my red bag in the black bag."
+    expected = {
+        model: httpx.post(
+            f"{server.url}/v1/attention", json={"model": model, "text": text, "layers": [-1]}
+        ).json()
+        for model in ("tiny-llama", "ina03", "ina09")
+    }
+    assert expected["tiny-llama"]["attention"] != expected["ina03"]["attention"]
+    with sync_api.sync_playwright() as playwright:
+        browser = _browser(playwright)
+        page = browser.new_page()
+        page.goto(f"{server.url}/")
+        sync_api.expect(page.locator("#compare-models input:checked")).to_have_count(3)
+        page.click("#tab-compare")
+        page.fill("#compare-input", text)
+        page.click("#compare-attention")
+        maps = page.locator(".attention-map canvas")
+        sync_api.expect(maps).to_have_count(3, timeout=30_000)
+        for model, data in expected.items():
+            figure = page.locator(f'.attention-map[data-model="{model}"]')
+            layers = data["num_layers"]
+            sync_api.expect(figure.locator("figcaption")).to_contain_text(f"layer {layers} of {layers}")
+            tokens = len(data["tokens"])
+            width = figure.locator("canvas").evaluate("c => c.width")
+            assert width > 0 and width % tokens == 0  # one square cell per token
+        # a masked (future) cell of the causal model is drawn grey, a visible one is not
+        grey, seen = page.locator('.attention-map[data-model="ina03"] canvas').evaluate(
+            """(c, tokens) => { const n = c.width; const cell = n / tokens; const ctx = c.getContext('2d');
+                const px = (x, y) => Array.from(ctx.getImageData(x, y, 1, 1).data).join();
+                return [px(n - cell / 2, cell / 2), px(cell / 2, n - cell / 2)]; }""",
+            len(expected["ina03"]["tokens"]),
+        )
+        assert grey == "238,238,238,255" and seen != grey
+        browser.close()

@@ -214,6 +214,68 @@ async function sendCompare(event) {
   $("compare-send").disabled = false;
 }
 
+// ------------------------------------------------------------------ attention
+
+// The head-averaged attention of one layer of one model on `text` (POST /v1/attention).
+async function fetchAttention(model, text, layer) {
+  const response = await fetch("/v1/attention", {
+    method: "POST",
+    headers: headers(),
+    body: JSON.stringify({ model, text, layers: [layer] }),
+  });
+  if (!response.ok) throw new Error(await errorText(response));
+  return response.json();
+}
+
+// One cell per (query, key) token pair; `max` is shared by every model so colours compare across maps.
+function drawAttention(canvas, data, max) {
+  const matrix = data.attention[0];
+  const n = matrix.length;
+  const cell = Math.max(4, Math.floor(260 / n));
+  canvas.width = canvas.height = n * cell;
+  const ctx = canvas.getContext("2d");
+  matrix.forEach((row, i) => row.forEach((value, j) => {
+    const masked = data.causal && j > i;
+    const t = Math.sqrt(value / max);
+    ctx.fillStyle = masked ? "#eeeeee" : `hsl(${250 - 190 * t}, 75%, ${18 + 52 * t}%)`;
+    ctx.fillRect(j * cell, i * cell, cell, cell);
+  }));
+  canvas.title = data.tokens.join(" ");
+}
+
+async function showAttention() {
+  const text = $("compare-input").value.trim();
+  if (!text) return;
+  const layer = parseInt($("attention-layer").value, 10) || -1;
+  const models = [...$("compare-models").querySelectorAll("input:checked")].map((i) => i.value);
+  const grid = $("attention-grid");
+  grid.innerHTML = "";
+  grid.style.setProperty("--columns", Math.max(1, models.length));
+  $("compare-attention").disabled = true;
+  const results = await Promise.all(models.map((model) => fetchAttention(model, text, layer).catch((e) => e)));
+  const maps = results.filter((r) => !(r instanceof Error));
+  const max = Math.max(1e-9, ...maps.flatMap((r) => r.attention[0].flat()));
+  models.forEach((model, k) => {
+    const figure = document.createElement("figure");
+    figure.className = "compare-col attention-map";
+    figure.dataset.model = model;
+    const caption = document.createElement("figcaption");
+    const result = results[k];
+    if (result instanceof Error) {
+      figure.classList.add("error");
+      caption.textContent = `${model}: ⚠ ${result.message}`;
+      figure.append(caption);
+    } else {
+      caption.textContent = `${model} · layer ${result.layers[0]} of ${result.num_layers} · mean over heads`;
+      const canvas = document.createElement("canvas");
+      drawAttention(canvas, result, max);
+      figure.append(caption, canvas);
+    }
+    grid.appendChild(figure);
+  });
+  $("compare-attention").disabled = false;
+}
+
 // ------------------------------------------------------------------ wiring
 
 function showValue(id, digits) {
@@ -246,6 +308,7 @@ function init() {
     $("messages").innerHTML = "";
   });
   $("compare-form").addEventListener("submit", sendCompare);
+  $("compare-attention").addEventListener("click", showAttention);
   loadLimits();
   loadModels();
 }
