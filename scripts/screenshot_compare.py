@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 from playwright.sync_api import expect, sync_playwright
 
-from ina.serve.server import free_port
+from ina.serve.server import free_port, wait_until_healthy
 
 PROMPT = (
     "Is the following movie review positive or negative? Answer with one word.\n\n"
@@ -30,13 +28,7 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-m", "ina", "serve", "--port", str(port)])
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_until_healthy(url, server, timeout=150)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path="/usr/bin/chromium",

@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 import httpx
 import pytest
 
 from ina.cli import main
-from ina.serve.server import free_port
+from ina.serve.server import free_port, wait_until_healthy
 
 
 def test_ina_serve_process_answers_and_stops(serve_files: Any) -> None:
@@ -25,16 +24,7 @@ def test_ina_serve_process_answers_and_stops(serve_files: Any) -> None:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.time() > deadline:
-                pytest.fail(f"ina serve did not come up:\n{process.stdout.read() if process.stdout else ''}")
-            time.sleep(0.2)
+        wait_until_healthy(url, process, timeout=90)
         models = httpx.get(f"{url}/v1/models", headers={"authorization": "Bearer k3y"}).json()
         assert [m["id"] for m in models["data"]] == ["tiny-llama", "ina03"]
         body = {"model": "ina03", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -70,16 +60,7 @@ def test_ina_serve_without_arguments_serves_the_embedded_model(tmp_path: object)
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.time() > deadline:
-                pytest.fail(f"ina serve did not come up:\n{process.stdout.read() if process.stdout else ''}")
-            time.sleep(0.5)
+        wait_until_healthy(url, process, timeout=300)
         assert httpx.get(f"{url}/health").json()["models"] == ["SmolLM2-135M-Instruct"]
         body = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Say hello."}]}
         reply = httpx.post(

@@ -53,3 +53,25 @@ class LiveServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_until_healthy(url: str, process: Any = None, timeout: float = 90.0, poll: float = 0.2) -> None:
+    """Wait until ``GET {url}/health`` answers 200 (e.g. an ``ina serve`` started as a subprocess).
+
+    Raises ``RuntimeError`` with the process's output if ``process`` (a ``subprocess.Popen``) exits first
+    or ``timeout`` seconds pass.
+    """
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        exited = process is not None and process.poll() is not None
+        if exited or time.time() > deadline:
+            output = process.stdout.read() if process is not None and process.stdout else ""
+            raise RuntimeError(f"ina serve did not come up at {url}:\n{output}")
+        time.sleep(poll)
