@@ -9,7 +9,7 @@ import pytest
 from finetune_helpers import alpaca_records, write_json, write_jsonl
 
 from ina.finetune.data import IGNORE_INDEX, DataError, encode, load_data, parse_record
-from ina.finetune.templates import PromptTemplate, available_templates
+from ina.foundation.prompts import PromptTemplate, available_templates
 from ina.testing import tiny_tokenizer
 
 SHAREGPT = {

@@ -295,7 +295,7 @@ def test_generate_uses_the_training_template_and_several_adapters(
     trained: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from ina.finetune.generate import generate_answers
-    from ina.finetune.templates import PromptTemplate
+    from ina.foundation.prompts import PromptTemplate
 
     out = str(trained["out"])
     args = ["generate", "Is this review positive or negative?", "--input", "the movie film review 5",

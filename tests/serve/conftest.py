@@ -36,7 +36,7 @@ def serve_files(tmp_path_factory: pytest.TempPathFactory) -> ServeFiles:
         save_demo_adapter(base, root / name, inhibition, seed, targets[name])
         adapters[name] = str(root / name)
     # ina09 says it was trained on Alpaca prompts, as `ina finetune --prompt_template_name alpaca` records
-    from ina.finetune.templates import PROMPT_FILE, PromptTemplate
+    from ina.foundation.prompts import PROMPT_FILE, PromptTemplate
 
     (root / "ina09" / PROMPT_FILE).write_text(
         json.dumps({"template": PromptTemplate.load("alpaca").to_json()})

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ina.finetune.templates import PromptTemplate
+from ina.foundation.prompts import Conversation, PromptTemplate
 
 IGNORE_INDEX = -100
 DATA_SUFFIXES = (".json", ".jsonl")
@@ -24,16 +24,6 @@ _SHAREGPT_ROLES = {
     "system": "system",
 }
 _MESSAGE_ROLES = ("system", "user", "assistant")
-
-
-@dataclass
-class Conversation:
-    """One training example: messages in order, and where it was read from."""
-
-    messages: list[dict[str, str]]
-    location: str
-    format: str  # "alpaca", "sharegpt" or "messages"
-    alpaca: dict[str, str] | None = None  # the original fields of an Alpaca record
 
 
 @dataclass

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ina.finetune.templates import PromptTemplate
+from ina.foundation.prompts import PromptTemplate
 
 BASE = "__base__"  # adapter name meaning "no adapter", as in PEFT's mixed-batch API
 

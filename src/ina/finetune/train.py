@@ -21,7 +21,7 @@ from typing import Any
 
 from ina.finetune.arguments import QUICK_DEFAULTS, QUICK_TRAINING_DEFAULTS, FinetuneArguments
 from ina.finetune.data import IGNORE_INDEX, DataError, encode, load_data, report_bad_records
-from ina.finetune.templates import PROMPT_FILE, PromptTemplate
+from ina.foundation.prompts import PROMPT_FILE, PromptTemplate
 
 SUMMARY_FILE = "training_summary.json"
 _UMASK = os.umask(0)

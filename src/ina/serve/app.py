@@ -254,11 +254,11 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
     async def attention(body: schemas.AttentionRequest) -> Any:
         adapter = resolve(body.model)
         try:
-            from ina.viz.attention import AttentionUnavailableError, compute_attention
+            from ina.foundation.attention import AttentionUnavailableError, compute_attention
         except ImportError as error:
             raise APIError(
                 501,
-                f"attention maps need the module ina.viz.attention, which could not be imported ({error}); "
+                f"attention maps need the module ina.foundation.attention, which could not be imported ({error}); "
                 "install ina with its viz extra",
                 "not_implemented_error",
                 None,

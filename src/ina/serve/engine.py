@@ -264,7 +264,7 @@ class Engine:
             torch_dtype = getattr(torch, dtype)
         model: nn.Module = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(base_model))
-        from ina.finetune.templates import PromptTemplate
+        from ina.foundation.prompts import PromptTemplate
 
         templates = {}
         for name, path in (adapters or {}).items():
@@ -332,7 +332,7 @@ class Engine:
         The template is the one the adapter was trained with (its ``ina_prompt.json``), else Alpaca's;
         a ``chat`` template sends instruction and input as one user turn through the chat template.
         """
-        from ina.finetune.templates import PromptTemplate
+        from ina.foundation.prompts import PromptTemplate
 
         adapter = self.resolve(model_id)
         template = self.prompt_templates.get(adapter) or PromptTemplate.load("alpaca")

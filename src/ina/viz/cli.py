@@ -121,7 +121,7 @@ def _guarded(handler: Callable[[argparse.Namespace], int], name: str) -> Callabl
     """Print user errors as one line naming the command, exit code 2, instead of a traceback."""
 
     def run(args: argparse.Namespace) -> int:
-        from ina.viz.attention import AttentionUnavailableError
+        from ina.foundation.attention import AttentionUnavailableError
 
         try:
             return handler(args)
@@ -181,7 +181,7 @@ def read_texts(path: Path, limit: int) -> list[str]:
 
 
 def _attention(args: argparse.Namespace) -> int:
-    from ina.viz.attention import num_layers
+    from ina.foundation.attention import num_layers
     from ina.viz.models import display_name, load_models, parse_adapter
     from ina.viz.report import attention_report
 

@@ -89,7 +89,7 @@ def attention_grid(
 ) -> dict[str, float]:
     """One PNG: rows = layers, columns = the models (base, then each adapter), one shared colour scale.
 
-    ``columns`` are :func:`ina.viz.attention.compute_attention` results on the same text and layers.
+    ``columns`` are :func:`ina.foundation.attention.compute_attention` results on the same text and layers.
     The scale is a power norm (``gamma``) from 0 to the largest weight of the whole grid, so that the
     weak weights stay visible next to the [CLS]/[SEP] sinks; causal models' future positions are blank.
     Returns the scale used.

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ina.viz.attention import encode, evaluation, forward_kwargs, looks_causal
+from ina.foundation.attention import encode, evaluation, forward_kwargs, looks_causal
 
 
 def adapted_modules(model: nn.Module, adapter_name: str) -> list[tuple[str, nn.Module]]:

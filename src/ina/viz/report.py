@@ -67,7 +67,7 @@ def attention_report(
 
     ``adapters`` are (name, path) pairs already loaded into ``model`` under those names.
     """
-    from ina.viz.attention import compute_attention
+    from ina.foundation.attention import compute_attention
     from ina.viz.models import adapter_settings
 
     names = ["base"] + [name for name, _ in adapters]

@@ -9,7 +9,7 @@ from peft import get_peft_model
 
 import ina
 from ina.testing import tiny_model, tiny_tokenizer
-from ina.viz.attention import compute_attention, resolve_layers
+from ina.foundation.attention import compute_attention, resolve_layers
 
 TEXT, PAIR = "I put my red bag in the black bag.", "What is the colour of my bag?"
 TARGETS = {"bert": ["query", "key", "value"], "llama": ["q_proj", "k_proj", "v_proj"]}

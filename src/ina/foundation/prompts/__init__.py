@@ -13,13 +13,20 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ina.finetune.data import Conversation
+from typing import Any
 
 TEMPLATE_DIR = Path(__file__).parent
 PROMPT_FILE = "ina_prompt.json"
+
+
+@dataclass
+class Conversation:
+    """One training example: messages in order, and where it was read from."""
+
+    messages: list[dict[str, str]]
+    location: str
+    format: str  # "alpaca", "sharegpt" or "messages"
+    alpaca: dict[str, str] | None = None  # the original fields of an Alpaca record
 
 
 def available_templates() -> list[str]:

@@ -1,0 +1,191 @@
+"""Adapters as users name them: ``NAME=PATH`` specs, the adapter flags, and the ``InAConfig`` builder.
+
+The flags (``--lora_r``, ``--lora_alpha``, ``--lora_dropout``, ``--lora_target_modules``,
+``--inhibition``, ``--activation``, ``--modules_to_save``) are declared once, in `AdapterArguments`,
+a dataclass that ``transformers.HfArgumentParser`` turns into command-line flags and config-file
+keys. The range rules live in `ina.core.config.InAConfig`; `inhibition_config` reports its errors
+under the flags' names. This module imports no framework at import time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ina.foundation.errors import UsageError
+
+BASE_ADAPTER = "__base__"  # the adapter name meaning "no adapter", as in PEFT's mixed-batch API
+
+# Attention projections by architecture family, the default targets when none are named.
+ATTENTION_PROJECTIONS: tuple[tuple[str, ...], ...] = (
+    ("query", "key", "value"),  # BERT, RoBERTa, MiniLM
+    ("q_proj", "k_proj", "v_proj"),  # LLaMA, Mistral, OPT, SmolLM
+    ("q_lin", "k_lin", "v_lin"),  # DistilBERT
+    ("query_key_value",),  # BLOOM, GPT-NeoX
+    ("c_attn",),  # GPT-2
+    ("Wqkv",),  # ModernBERT, MPT
+)
+
+# Flag names of InAConfig fields, so that its errors name what the user typed.
+_FLAG_OF_FIELD = {
+    "r": "--lora_r",
+    "lora_alpha": "--lora_alpha",
+    "lora_dropout": "--lora_dropout",
+    "target_modules": "--lora_target_modules",
+    "inhibition": "--inhibition",
+    "activation": "--activation",
+}
+
+
+class AdapterSpecError(UsageError):
+    """A ``NAME=PATH`` adapter argument that cannot be used."""
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """One ``--adapter NAME=PATH`` argument: the name requests use and the folder it is read from."""
+
+    name: str
+    path: Path
+
+
+def parse_adapter_spec(value: str, flag: str = "--adapter") -> AdapterSpec:
+    """``NAME=PATH`` (or a bare ``PATH``, named after its folder) → `AdapterSpec`.
+
+    Raises `AdapterSpecError` naming ``flag`` when the name is unusable or the folder holds no adapter.
+    """
+    name, sep, path = value.partition("=")
+    if not sep:
+        path = value
+        name = Path(value.rstrip("/")).name
+    name, path = name.strip(), path.strip()
+    if not name or not path:
+        raise AdapterSpecError(f"{flag} must be NAME=PATH (e.g. {flag} ina30=runs/ina-0.3); got {value!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):  # PEFT's module dictionaries refuse dots
+        raise AdapterSpecError(
+            f"{flag} NAME must use letters, digits, '_' and '-' only (e.g. ina30); got {name!r}"
+        )
+    if name == "base" or name.startswith("__"):
+        raise AdapterSpecError(
+            f"{flag}: the name {name!r} is reserved for the base model; choose another NAME"
+        )
+    if name in "lora_":  # PEFT finds adapter weights by the prefix "lora_"; such a name may reinitialise them
+        raise AdapterSpecError(
+            f"{flag}: the name {name!r} is part of PEFT's parameter prefix 'lora_'; choose another NAME (e.g. lora0)"
+        )
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise AdapterSpecError(
+            f"{flag} {value!r}: {path!r} has no adapter_config.json; give the folder that save_pretrained "
+            "(ina finetune, ina glue, ina sweep) wrote"
+        )
+    return AdapterSpec(name, Path(path))
+
+
+def parse_adapter_specs(values: Iterable[str], flag: str = "--adapter") -> dict[str, Path]:
+    """Every ``NAME=PATH`` in ``values`` as ``{name: path}``, in order; a name given twice is an error."""
+    adapters: dict[str, Path] = {}
+    for value in values:
+        spec = parse_adapter_spec(value, flag)
+        if spec.name in adapters:
+            raise AdapterSpecError(
+                f"{flag} name {spec.name!r} is given twice; give each adapter its own NAME (NAME=PATH)"
+            )
+        adapters[spec.name] = spec.path
+    return adapters
+
+
+def split_list(value: str | Sequence[str] | None) -> list[str] | None:
+    """``"a,b"`` or ``["a", "b"]`` → ``["a", "b"]`` (blanks dropped); ``None`` or empty → ``None``."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [item.strip() for item in items if item and item.strip()]
+    return names or None
+
+
+@dataclass
+class AdapterArguments:
+    """The InA adapter's flags, shared by every training command (names as in alpaca-lora / the authors')."""
+
+    lora_r: int = field(default=8, metadata={"help": "rank r of the adapter"})
+    lora_alpha: float = field(default=16, metadata={"help": "α; the branch is scaled by α/r"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the adapter's input, in [0, 1)"})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={
+            "help": "comma-separated module names to adapt, or all-linear (default: the attention "
+            "query/key/value projections of the architecture, e.g. query,key,value for BERT)"
+        },
+    )
+    inhibition: float = field(
+        default=0.3, metadata={"help": "inhibition ratio ρ in [0, 1); 0 is exactly LoRA"}
+    )
+    activation: str = field(
+        default="leaky_relu", metadata={"help": "gate activation: leaky_relu (the authors'), gelu, identity"}
+    )
+    modules_to_save: str | None = field(
+        default=None,
+        metadata={
+            "help": "comma-separated extra modules trained in full and saved with the adapter "
+            "(a task head is always included by PEFT)"
+        },
+    )
+
+
+def _is_linear(module: Any) -> bool:
+    from torch import nn
+
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def target_modules_for(model: Any, requested: Sequence[str] | None) -> list[str] | str:
+    """``requested``, checked against ``model``'s linear layers, or the attention projections it has."""
+    if requested and list(requested) == ["all-linear"]:
+        return "all-linear"
+    leaves = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if _is_linear(module)}
+    if requested:
+        unknown = [
+            name for name in requested if name not in leaves and not any(n.endswith(name) for n in leaves)
+        ]
+        if unknown:
+            raise UsageError(
+                f"--lora_target_modules: {unknown} are not linear layers of this model; its linear layers are "
+                f"{sorted(leaves)} (e.g. q_proj,v_proj for LLaMA, query_key_value for BLOOM)"
+            )
+        return list(requested)
+    for family in ATTENTION_PROJECTIONS:
+        if all(name in leaves for name in family):
+            return list(family)
+    raise UsageError(
+        f"--lora_target_modules: no known attention projections found in {type(model).__name__}; name the layers "
+        f"to adapt, e.g. --lora_target_modules {','.join(sorted(leaves)[:3])} (linear layers: {sorted(leaves)})"
+    )
+
+
+def inhibition_config(
+    arguments: AdapterArguments, model: Any, task_type: str | None = None, **overrides: Any
+) -> Any:
+    """The `ina.InAConfig` of ``arguments`` for ``model``; its problems raised as one `UsageError` in flag names."""
+    from ina.core.config import InAConfig, InAConfigError
+
+    settings: dict[str, Any] = {
+        "r": arguments.lora_r,
+        "lora_alpha": arguments.lora_alpha,
+        "lora_dropout": arguments.lora_dropout,
+        "target_modules": target_modules_for(model, split_list(arguments.lora_target_modules)),
+        "inhibition": arguments.inhibition,
+        "activation": arguments.activation,
+        "modules_to_save": split_list(arguments.modules_to_save),
+        "task_type": task_type,
+    }
+    settings.update(overrides)
+    try:
+        return InAConfig(**settings)
+    except InAConfigError as error:
+        message = str(error)
+        for name, flag in _FLAG_OF_FIELD.items():
+            message = message.replace(f"`{name}`", f"`{name}` ({flag})")
+        raise UsageError(message) from error

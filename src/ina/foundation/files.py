@@ -1,0 +1,73 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of either.
+
+Every write goes to a temporary file in the destination folder, then ``os.replace`` moves it into
+place; the temporary file is removed when anything fails. New files get the permissions a plain
+``open`` would give them (``0o666`` less the process umask, read when the file is written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+PathLike = str | os.PathLike[str]
+
+
+def _umask() -> int:
+    # Linux reports the umask without changing it; elsewhere it can only be read by setting it.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, creating its folder; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def to_json(data: Any, indent: int | None = 2) -> str:
+    """``data`` as JSON text with a final newline (non-ASCII kept; unknown types as ``str``)."""
+    return json.dumps(data, indent=indent, ensure_ascii=False, default=str) + "\n"
+
+
+def write_json(path: PathLike, data: Any, indent: int | None = 2) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically."""
+    return write_text(path, to_json(data, indent))
+
+
+def write_jsonl(path: PathLike, rows: Iterable[Any]) -> Path:
+    """Write ``rows`` as JSON Lines to ``path`` atomically."""
+    return write_text(path, "".join(to_json(row, indent=None) for row in rows))
+
+
+def read_json(path: PathLike) -> Any:
+    """The JSON value in ``path``."""
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)

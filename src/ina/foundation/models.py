@@ -1,0 +1,135 @@
+"""Base models and tokenizers: one device rule, one ``dtype="auto"`` rule, one tokenizer loader.
+
+``dtype="auto"`` means float32 on a CPU and bfloat16 on a GPU that supports it (float32 otherwise),
+for every command. ``minilm`` and ``smollm`` name the embedded offline defaults (`ina.embedded`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ina.foundation.errors import UsageError
+
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16", "float64")
+
+# Short names for the embedded offline defaults and the models they stand for.
+ALIASES: dict[str, str] = {"minilm": "all-MiniLM-L6-v2", "smollm": "SmolLM2-135M-Instruct"}
+
+
+def resolve_device(setting: str = "auto") -> Any:
+    """``"auto"`` → ``cuda`` when a GPU is present, else ``cpu``; anything else as ``torch.device``."""
+    import torch
+
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(setting)
+    except (RuntimeError, ValueError) as error:
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N; got {setting!r}") from error
+
+
+def resolve_dtype(setting: str = "auto", device: Any = None, flag: str = "--dtype") -> Any:
+    """The ``torch.dtype`` of ``setting``; ``"auto"`` is float32 on CPU, bfloat16 on a GPU that has it."""
+    import torch
+
+    if setting == "auto":
+        device = resolve_device() if device is None else torch.device(device)
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if setting not in DTYPES:
+        raise UsageError(f"{flag} must be one of {', '.join(DTYPES)}; got {setting!r}")
+    return getattr(torch, setting)
+
+
+def resolve_base_model(name: str) -> str:
+    """``minilm`` / ``smollm`` (or empty: ``smollm``) → the embedded model's folder; anything else unchanged."""
+    if name == "minilm":
+        from ina.embedded.minilm import model_path
+
+        return str(model_path())
+    if not name or name == "smollm":
+        from ina.embedded.smollm import ensure_model
+
+        return str(ensure_model())
+    return name
+
+
+def display_name(base_model: str) -> str:
+    """The name to print for a base model: the model an alias stands for, else the argument itself."""
+    return ALIASES.get(base_model, base_model)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+def _offline_hint(name: str) -> str:
+    if not os.path.exists(name) and os.environ.get("HF_HUB_OFFLINE") == "1":
+        return " (offline: give a local folder, or `minilm` / `smollm` for the embedded defaults)"
+    return ""
+
+
+def load_tokenizer(
+    name: str,
+    flag: str = "--base_model",
+    tokenizer_name: str | None = None,
+    fast: bool = False,
+    pad: bool = True,
+    **kwargs: Any,
+) -> Any:
+    """The tokenizer of model ``name`` (or ``tokenizer_name``), with a padding token (EOS when it has none).
+
+    ``fast`` requires a Rust tokenizer (offset mappings). Errors name ``flag`` and the fix.
+    """
+    from transformers import AutoTokenizer
+
+    source = tokenizer_name or name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, TypeError) as error:
+        raise UsageError(
+            f"{flag} {name!r} has no usable tokenizer{_offline_hint(source)} ({_first_line(error)}); give a model "
+            "folder with its tokenizer files (or, online, a hub name), or pass --tokenizer_name"
+        ) from error
+    # transformers 5 builds an empty tokenizer from config.json alone; a real one has more than its specials.
+    if len(tokenizer.get_vocab()) <= len(set(tokenizer.all_special_tokens)):
+        raise UsageError(
+            f"{flag} {name!r} has no tokenizer files (its tokenizer would have an empty vocabulary); save the "
+            "tokenizer next to the model or pass --tokenizer_name"
+        )
+    if fast and not getattr(tokenizer, "is_fast", False):
+        raise UsageError(
+            f"the tokenizer of {source!r} is not a fast (Rust) tokenizer; ina needs one (for offset mappings); "
+            "save a tokenizer.json with the model or pass --tokenizer_name"
+        )
+    if pad and tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None and tokenizer.unk_token is None:
+            raise UsageError(
+                f"{flag} {name!r}: the tokenizer has neither a padding nor an end-of-sequence token; add a pad token"
+            )
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    return tokenizer
+
+
+def load_pretrained(auto_class: Any, name: str, flag: str = "--base_model", **kwargs: Any) -> Any:
+    """``auto_class.from_pretrained(name, **kwargs)`` without transformers' load report, errors naming ``flag``.
+
+    The load report lists a freshly initialised task head as "MISSING" (an adapter's saved head
+    replaces it) and prints terminal escape codes; it is not shown.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        return auto_class.from_pretrained(name, **kwargs)
+    except OSError as error:
+        raise UsageError(
+            f"{flag} {name!r}: cannot load it{_offline_hint(name)} ({_first_line(error)}). Give a local model "
+            "folder (config.json + weights + tokenizer) or, online, a hub name."
+        ) from error
+    finally:
+        transformers_logging.set_verbosity(verbosity)
