@@ -6,20 +6,31 @@
     model = get_peft_model(model, InAConfig(r=8, target_modules=["q_proj", "v_proj"], inhibition=0.3))
 
 Importing ``ina`` registers ``peft_type: "INA"`` with PEFT, so ``PeftModel.from_pretrained`` and
-``AutoPeftModelFor...`` load InA adapters.
+``AutoPeftModelFor...`` load InA adapters. (The ``ina`` console script defers that registration,
+and with it torch, until a command runs: see ``ina_cli``.)
 """
 
-from ina.core.registry import register as _register
+from __future__ import annotations
 
-_register()
-
-from ina.core.config import InAConfig, InAConfigError  # noqa: E402
-from ina.core.functional import ina_delta, inhibit  # noqa: E402
-from ina.core.layer import MergeRefusedError  # noqa: E402
-from ina.core.loading import convert_adapter, load_adapter, read_adapter_config  # noqa: E402
-from ina.core.model import InAModel, UnsupportedTargetError  # noqa: E402
+import importlib
+import sys
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Public name -> the core module that defines it.
+_PUBLIC: dict[str, str] = {
+    "InAConfig": "ina.core.config",
+    "InAConfigError": "ina.core.config",
+    "InAModel": "ina.core.model",
+    "MergeRefusedError": "ina.core.layer",
+    "UnsupportedTargetError": "ina.core.model",
+    "convert_adapter": "ina.core.loading",
+    "ina_delta": "ina.core.functional",
+    "inhibit": "ina.core.functional",
+    "load_adapter": "ina.core.loading",
+    "read_adapter_config": "ina.core.loading",
+}
 
 __all__ = [
     "InAConfig",
@@ -34,3 +45,22 @@ __all__ = [
     "load_adapter",
     "read_adapter_config",
 ]
+
+if TYPE_CHECKING:
+    from ina.core.config import InAConfig, InAConfigError
+    from ina.core.functional import ina_delta, inhibit
+    from ina.core.layer import MergeRefusedError
+    from ina.core.loading import convert_adapter, load_adapter, read_adapter_config
+    from ina.core.model import InAModel, UnsupportedTargetError
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'ina' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+if not getattr(sys.modules.get("ina_cli"), "DEFER_FRAMEWORK_IMPORTS", False):
+    importlib.import_module("ina.core")  # registers InA with PEFT

@@ -1,29 +1,61 @@
 """The `ina` command: maps subcommands to functions, nothing more.
 
-Each room of the package exposes ``register(subparsers)`` in its own ``cli`` module; heavy imports
-happen inside the handlers so that ``ina --help`` stays fast.
+Parsing imports no framework: the command table below names each command's room, and only the room
+of the command being run is imported (its ``cli.register(subparsers)`` adds its parser; its handlers
+import the room's library code when they run). ``ina --help`` needs no room at all.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from collections.abc import Sequence
 
-# Rooms whose `cli.register(subparsers)` adds subcommands, in the order `ina --help` lists them.
-ROOMS: tuple[str, ...] = (
-    "ina.core.cli",
-    "ina.experiments.cli",
-    "ina.viz.cli",
-    "ina.finetune.cli",
-    "ina.serve.cli",
-    "ina.bench.cli",
-)
+from ina.foundation.errors import UsageError
+
+# Command -> (module whose `register(subparsers)` adds it, one-line help), in the order `ina --help` lists them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": (
+        "ina.cli",
+        "rewrite an adapter (the authors' LORA+lora_inhibition format, or plain LoRA) as an InA adapter",
+    ),
+    "info": ("ina.cli", "print how ina reads an adapter folder (format, ρ, rank, targets)"),
+    "glue": (
+        "ina.experiments.cli",
+        "fine-tune an InA adapter on a GLUE task (offline default: MiniLM on vader movie reviews)",
+    ),
+    "squad": (
+        "ina.experiments.cli",
+        "fine-tune an InA adapter for extractive QA on SQuAD v1/v2 JSON (offline default: a synthetic set)",
+    ),
+    "sweep": (
+        "ina.experiments.cli",
+        "run glue or squad over inhibition ratios × seeds; writes results.csv/.md/.png (resumable)",
+    ),
+    "viz": ("ina.viz.cli", "pictures of InA: attention maps, what the gate inhibits, loss curves"),
+    "finetune": (
+        "ina.finetune.cli",
+        "instruction-tune a causal LM with an InA adapter (no arguments: the embedded SmolLM2 demo)",
+    ),
+    "generate": (
+        "ina.finetune.cli",
+        "generate with a base model and InA adapters, using the prompt template the adapter was trained with",
+    ),
+    "serve": (
+        "ina.serve.cli",
+        "serve a base model and InA adapters: OpenAI-compatible API (/v1/...) and a web UI (/)",
+    ),
+    "bench": (
+        "ina.bench.cli",
+        "time training steps (and decoding) of the frozen base, PEFT LoRA and InA (reference and fast path)",
+    ),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full `ina` parser with every room's subcommands."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `ina` parser: every command listed; the parser of ``command`` (its room's commands) built in full."""
     from ina import __version__
 
     parser = argparse.ArgumentParser(
@@ -32,14 +64,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ina {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for room in ROOMS:
-        importlib.import_module(room).register(subparsers)
+    room = COMMANDS[command][0] if command in COMMANDS else None
+    if room is not None:
+        module = sys.modules[__name__] if room == __name__ else importlib.import_module(room)
+        module.register(subparsers)
+    for name, (owner, help_text) in COMMANDS.items():
+        if owner != room:
+            subparsers.add_parser(name, help=help_text)
+    # argparse lists commands in the order they were added; keep the table's order.
+    order = list(COMMANDS)
+    subparsers._choices_actions.sort(key=lambda action: order.index(action.dest))
     return parser
 
 
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """`ina convert` and `ina info`: adapter files on the command line."""
+    _register_adapter_files(subparsers)
+
+
+def _register_adapter_files(subparsers: argparse._SubParsersAction) -> None:
+    """`ina convert` and `ina info`: adapter files on the command line."""
+    convert = subparsers.add_parser(
+        "convert",
+        help="rewrite an adapter (the authors' LORA+lora_inhibition format, or plain LoRA) as an InA adapter",
+    )
+    convert.add_argument("src", help="folder with adapter_config.json and adapter_model.safetensors")
+    convert.add_argument("dst", help="new folder to write (must not exist)")
+    convert.set_defaults(handler=_convert)
+
+    info = subparsers.add_parser(
+        "info", help="print how ina reads an adapter folder (format, ρ, rank, targets)"
+    )
+    info.add_argument("path")
+    info.set_defaults(handler=_info)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from ina.core.loading import convert_adapter
+
+    config = convert_adapter(args.src, args.dst)
+    print(f"wrote {args.dst}: InA adapter, inhibition={config.inhibition}, activation={config.activation}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ina.core.loading import read_adapter_config
+
+    config = read_adapter_config(args.path)
+    summary = {
+        "inhibition": config.inhibition,
+        "activation": config.activation,
+        "r": config.r,
+        "lora_alpha": config.lora_alpha,
+        "target_modules": sorted(config.target_modules)
+        if isinstance(config.target_modules, set)
+        else config.target_modules,
+        "task_type": config.task_type,
+        "base_model_name_or_path": config.base_model_name_or_path,
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `ina` console script; returns the process exit code."""
-    parser = build_parser()
+    """Entry point of the `ina` command; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((token for token in argv if not token.startswith("-")), None)
+    parser = build_parser(command)
     args, unknown = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
@@ -47,7 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown and not getattr(args, "accepts_extra_args", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     handler = args.handler
-    result = handler(args, unknown) if getattr(args, "accepts_extra_args", False) else handler(args)
+    try:
+        result = handler(args, unknown) if getattr(args, "accepts_extra_args", False) else handler(args)
+    except (UsageError, FileNotFoundError, NotADirectoryError) as error:
+        print(f"ina {args.command}: {error}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -113,7 +113,7 @@ def _prepared_model() -> Path:
     from ina.embedded.smollm import model_dir
 
     if not (model_dir() / "model.safetensors").is_file():
-        pytest.skip("the embedded model is not prepared: run scripts/setup (python -m ina.finetune.prepare)")
+        pytest.skip("the embedded model is not prepared: run scripts/setup (python -m ina.embedded.prepare)")
     return model_dir()
 
 
@@ -149,7 +149,7 @@ def test_embedded_data_has_every_source_and_only_valid_records() -> None:
 
     folder = data_dir()
     if not (folder / DATA_FILE).is_file():
-        pytest.skip("the embedded data are not prepared: run scripts/setup (python -m ina.finetune.prepare)")
+        pytest.skip("the embedded data are not prepared: run scripts/setup (python -m ina.embedded.prepare)")
     loaded = load_data(folder)
     assert loaded.files == [str(folder / DATA_FILE)] and not loaded.bad
     records = [c.alpaca for c in loaded.conversations]

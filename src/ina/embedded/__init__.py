@@ -11,6 +11,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+#: Where a plain ``ina finetune`` (the embedded SmolLM2 demo) writes its adapter, and where
+#: ``ina serve`` and ``ina generate`` look for it when no adapter is named.
+DEMO_ADAPTER_DIR = "outputs/ina-finetune-smollm2"
+
 
 def cache_dir() -> Path:
     """Where prepared models and data live: ``$INA_CACHE``, else ``$XDG_CACHE_HOME/ina`` or ``~/.cache/ina``."""
