@@ -8,7 +8,7 @@ from peft import get_peft_model
 
 from ina import InAConfig, inhibit
 from ina.core import fast
-from ina.core.functional import ACTIVATIONS
+from ina.core.functional import ACTIVATIONS, ina_delta
 from ina.testing import tiny_model
 
 SHAPES = [(6, 16), (2, 5, 16), (2, 3, 4, 16)]  # 2-D, 3-D, 4-D inputs, in = 16
@@ -56,6 +56,23 @@ def test_forward_and_backward_match_reference_fp32(shape, activation, rho):
     for name, g, e in zip(["output", "x", "result", "A", "B"], got, expected, strict=True):
         assert g.shape == e.shape, name
         assert rel_err(g, e) < 1e-5, (name, rel_err(g, e))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("rho", [0.0, 0.3, 0.9])
+def test_fast_equals_functional_ina_delta(activation, rho):
+    """The fused branch is `result + functional.ina_delta`, outputs and gradients, on random float64 inputs."""
+    torch.manual_seed(3)
+    tensors = make((3, 5, 32), r=6, d_out=24, dtype=torch.float64)
+
+    def equation(x, result, lora_A, lora_B, scaling, rho, activation, slope=0.01):
+        return result + ina_delta(x, lora_A, lora_B, scaling, rho, activation, slope)
+
+    expected = run(equation, tensors, scaling=1.5, rho=rho, activation=activation, slope=0.2)
+    got = run(fused, tensors, scaling=1.5, rho=rho, activation=activation, slope=0.2)
+    for name, g, e in zip(["output", "x", "result", "A", "B"], got, expected, strict=True):
+        assert g.dtype == e.dtype == torch.float64, name
+        assert rel_err(g, e) < 1e-12, (name, rel_err(g, e))
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)

@@ -8,8 +8,8 @@ import torch
 from peft import get_peft_model
 
 import ina
-from ina.testing import tiny_model, tiny_tokenizer
 from ina.foundation.attention import compute_attention, resolve_layers
+from ina.testing import tiny_model, tiny_tokenizer
 
 TEXT, PAIR = "I put my red bag in the black bag.", "What is the colour of my bag?"
 TARGETS = {"bert": ["query", "key", "value"], "llama": ["q_proj", "k_proj", "v_proj"]}

@@ -7,8 +7,10 @@ The reference path (:class:`ina.core.layer.InALinearVariant` through PEFT's modu
     g  = inhibit(h, ρ, f)                 # (*, r)  amax, multiply, subtract, f: each keeps its inputs
     y  = result + s · (g · Bᵀ)            # (*, out) three full-size temporaries
 
-:class:`InABranch` computes ``y`` in one autograd node, with the B-projection, the scaling and the
-residual add as one ``addmm``. What it keeps for backward, exactly:
+:class:`InABranch` computes ``y`` in one autograd node. Its forward pass takes the gate from
+:mod:`ina.core.functional` (``subtract_threshold``, then ``activation_fn``: :func:`~ina.core.functional.inhibit`'s
+own steps); fused here are only the dropout, the B-projection with the scaling and the residual add (one
+``addmm``), and the backward pass, written out because autograd would keep more. What it keeps, exactly:
 
 * ``x`` — the layer's input, by reference (no copy, even when ``x`` is not contiguous), and ``A``, ``B``;
 * three ``(*, r)`` tensors: ``g`` (for B's gradient), ``z = h − ρ·max_r h`` (for ``f'``; not with the
@@ -24,6 +26,7 @@ about twice as fast for r ≪ in, and cuBLAS runs identically (a transpose flag)
 
 Gradients follow :func:`ina.core.functional.inhibit` under autograd in convention: the gradient of the
 max is split evenly between tied maxima (``amax``'s rule); ``leaky_relu``'s slope applies at 0.
+``tests/core/test_fast_path.py`` holds outputs and gradients to ``ina_delta`` / ``inhibit``.
 
 Dropout masks come from a private generator seeded from PyTorch's default CPU generator, so
 ``torch.manual_seed`` makes them reproducible; they are not the masks ``nn.Dropout`` would draw (same
@@ -37,14 +40,13 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.nn.modules import module as _module_globals
 
-from ina.core.functional import ACTIVATIONS
+from ina.core.functional import ACTIVATIONS, activation_fn, subtract_threshold
 
 FAST_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -52,6 +54,14 @@ _enabled: bool = os.environ.get("INA_FAST_PATH", "1").strip().lower() not in ("0
 _generators = threading.local()
 MASK_POLICIES: tuple[str, ...] = ("auto", "regenerate", "save")
 _mask_policy: str = "auto"
+
+# dL/dz from dL/df(z) for each activation of functional.ACTIVATIONS: the derivative functions autograd itself
+# calls for F.leaky_relu and F.gelu (None: the identity, whose z need not be kept).
+_ACTIVATION_BACKWARD: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None] = {
+    "leaky_relu": lambda grad, z, slope: torch.ops.aten.leaky_relu_backward(grad, z, slope, False),
+    "gelu": lambda grad, z, slope: torch.ops.aten.gelu_backward(grad, z),
+    "identity": None,
+}
 
 
 def is_enabled() -> bool:
@@ -157,16 +167,10 @@ def _forward(
     else:
         h = _project(lora_A, x2)  # (T, r)
     if inhibition == 0:
-        g = h
-    else:
-        m = h.amax(dim=-1, keepdim=True)  # (T, 1)
-        z = torch.sub(h, m, alpha=inhibition)  # (T, r): h − ρ·m
-        if activation == "leaky_relu":
-            g = F.leaky_relu(z, negative_slope)
-        elif activation == "gelu":
-            g = F.gelu(z)
-        else:
-            g = z
+        g = h  # the gate is off: LoRA
+    else:  # functional.inhibit's own steps, keeping what backward needs
+        z, m = subtract_threshold(h, inhibition)  # (T, r): h − ρ·max_r h; (T, 1): max_r h
+        g = activation_fn(activation, negative_slope)(z)  # (T, r)
     result2 = result.reshape(-1, result.shape[-1]).to(h.dtype)  # (T, out); widened like `result + delta`
     # written into a fresh tensor of the output's shape: returning a view of an intermediate from an
     # autograd.Function makes autograd track it as a view (as_strided replays, slow for one-token decoding)
@@ -205,7 +209,7 @@ class InABranch(torch.autograd.Function):
         else:
             ties = (h == m).to(h.dtype)  # (T, r): 1 at each maximum
             ties = ties.div_(ties.sum(dim=-1, keepdim=True))  # amax's rule: the gradient splits evenly
-            saved = (g, None if activation == "identity" else z, ties)
+            saved = (g, None if _ACTIVATION_BACKWARD[activation] is None else z, ties)
         mask = keep.bool() if keep is not None and _keeps_mask(x.device) else None  # 1 byte per element
         ctx.save_for_backward(x, lora_A, lora_B, *saved, mask)
         return out
@@ -220,10 +224,8 @@ class InABranch(torch.autograd.Function):
         grad_x = grad_A = None
         if need_x or need_A:
             grad_z = (lora_B.T @ grad_out2.T).T  # (T, r): dL/dg / s
-            if z is not None and activation == "leaky_relu":
-                grad_z = torch.ops.aten.leaky_relu_backward(grad_z, z, negative_slope, False)
-            elif z is not None:
-                grad_z = torch.ops.aten.gelu_backward(grad_z, z)
+            if z is not None:  # with ρ > 0 and an activation other than the identity
+                grad_z = _ACTIVATION_BACKWARD[activation](grad_z, z, negative_slope)
             grad_z = (
                 grad_z.mul_(scaling) if grad_z.is_contiguous() else grad_z * scaling
             )  # dL/dz (dL/dh if ρ = 0)
@@ -267,8 +269,7 @@ def ina_branch(
     floating dtype and device. ``dropout`` is the drop probability (applied only if > 0; pass 0 in eval
     mode); ``seed`` fixes its mask (see :func:`dropout_mask`), drawn with :func:`new_seed` when None.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"`activation` must be one of {list(ACTIVATIONS)}; got {activation!r}")
+    activation_fn(activation, negative_slope)  # raises for an unknown activation, naming the choices
     if not 0 <= dropout < 1:
         raise ValueError(f"`dropout` must be in [0, 1); got {dropout!r}")
     if dropout > 0 and seed is None:
@@ -377,19 +378,7 @@ def _fused_or_none(
         x.requires_grad or lora_A.requires_grad or lora_B.requires_grad
     )
     seed = new_seed() if p > 0 else 0
+    settings = (float(scaling), gate.inhibition, gate.activation, gate.negative_slope, p, seed)
     if not keep_for_backward:  # inference: no autograd node at all
-        args = (
-            x,
-            result,
-            lora_A,
-            lora_B,
-            float(scaling),
-            gate.inhibition,
-            gate.activation,
-            gate.negative_slope,
-        )
-        return _forward(*args, p, seed)[0]
-    return InABranch.apply(
-        x, result, lora_A, lora_B, float(scaling), gate.inhibition, gate.activation, gate.negative_slope, p, seed,
-        keep_for_backward,
-    )  # fmt: skip
+        return _forward(x, result, lora_A, lora_B, *settings)[0]
+    return InABranch.apply(x, result, lora_A, lora_B, *settings, keep_for_backward)

@@ -34,6 +34,16 @@ def activation_fn(activation: str, negative_slope: float = 0.01) -> Callable[[to
     raise ValueError(f"`activation` must be one of {list(ACTIVATIONS)}; got {activation!r}")
 
 
+def subtract_threshold(h: torch.Tensor, inhibition: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gate's input ``h − ρ · max_r(h)`` (*, r) and the per-token maximum ``max_r(h)`` (*, 1).
+
+    A unit is inhibited where the first is negative (``h`` below the threshold ``ρ · max_r(h)``).
+    """
+    token_max = h.amax(dim=-1, keepdim=True)  # (*, 1)
+    # one operation, rounded once: ``h - ρ * max`` would round the threshold first (and cost a kernel more)
+    return torch.sub(h, token_max, alpha=inhibition), token_max
+
+
 def inhibit(
     h: torch.Tensor, inhibition: float, activation: str = "leaky_relu", negative_slope: float = 0.01
 ) -> torch.Tensor:
@@ -44,8 +54,8 @@ def inhibit(
     """
     if inhibition == 0:
         return h
-    threshold = inhibition * h.amax(dim=-1, keepdim=True)  # (*, 1)
-    return activation_fn(activation, negative_slope)(h - threshold)  # (*, r)
+    shifted, _ = subtract_threshold(h, inhibition)  # (*, r)
+    return activation_fn(activation, negative_slope)(shifted)  # (*, r)
 
 
 def ina_delta(

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ina.foundation.errors import UsageError
+
 BASE = "__base__"  # PEFT's name for "no adapter" in mixed-adapter batches
 DEFAULT_LAYERS: tuple[int, ...] = (1, 2, 3, 4, -4, -3, -2, -1)
 
@@ -41,7 +43,7 @@ def resolve_layers(layers: Sequence[int] | None, total: int) -> list[int]:
     """Layer numbers counted from 1 (``-1`` is the last layer), deduplicated in order of first appearance.
 
     ``None`` gives the first four and last four layers (every layer of a model with at most eight).
-    Raises ``ValueError`` naming the rule and the value for 0 or a number outside ``[-total, total]``.
+    Raises `UsageError` (a ``ValueError``) naming the rule and the value for 0 or a number outside ``[-total, total]``.
     """
     if layers is None:  # the first four and the last four, overlapping on shallow models
         return sorted(
@@ -50,13 +52,13 @@ def resolve_layers(layers: Sequence[int] | None, total: int) -> list[int]:
         )
     requested = list(layers)
     if not requested:
-        raise ValueError("`layers` must name at least one layer; got an empty list")
+        raise UsageError("`layers` must name at least one layer; got an empty list")
     resolved: list[int] = []
     for layer in requested:
         if isinstance(layer, bool) or not isinstance(layer, int):
-            raise ValueError(f"`layers` must be integers; got {layer!r}")
+            raise UsageError(f"`layers` must be integers; got {layer!r}")
         if layer == 0 or not -total <= layer <= total:
-            raise ValueError(
+            raise UsageError(
                 f"`layers`: layer {layer} is out of range: this model has {total} layers, numbered 1..{total} "
                 f"from the first (or -1..-{total} from the last); 0 is not a layer"
             )
@@ -137,9 +139,9 @@ def encode(
     pair as one text, joined by a space.
     """
     if not isinstance(text, str) or not text:
-        raise ValueError(f"`text` must be a non-empty string; got {text!r}")
+        raise UsageError(f"`text` must be a non-empty string; got {text!r}")
     if text_pair is not None and not isinstance(text_pair, str):
-        raise ValueError(f"`text_pair` must be a string or None; got {text_pair!r}")
+        raise UsageError(f"`text_pair` must be a string or None; got {text_pair!r}")
     if causal and text_pair:
         text, text_pair = f"{text} {text_pair}", None
     args = (text, text_pair) if text_pair else (text,)
@@ -174,7 +176,7 @@ def forward_kwargs(
     """How to run ``model`` with adapter ``adapter_name`` (None: the base) without changing its active adapter."""
     if not is_peft_model(model):
         if adapter_name is not None:
-            raise ValueError(
+            raise UsageError(
                 f"`adapter_name` must be None for a model without adapters; got {adapter_name!r}. "
                 "Load adapters with ina.load_adapter(model, path, adapter_name=...) first"
             )
@@ -183,7 +185,7 @@ def forward_kwargs(
         return {}, model.disable_adapter()
     available = list(model.peft_config)
     if adapter_name not in available:
-        raise ValueError(
+        raise UsageError(
             f"`adapter_name` must be one of the loaded adapters {available}; got {adapter_name!r}"
         )
     # A mixed-adapter batch of one row runs exactly that adapter and leaves the active adapter alone.

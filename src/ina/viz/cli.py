@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ina.foundation.errors import UsageError
+
 SEED_TEXT = "I put my red bag in the black bag."
 SEED_PAIR = "What is the colour of my bag?"
 TEXT_KEYS = ("text", "sentence", "instruction", "question", "premise", "sentence1", "question1")
@@ -139,7 +141,7 @@ def parse_layers(value: str | None) -> list[int] | None:
     try:
         return [int(part) for part in value.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(
+        raise UsageError(
             f"--layers must be comma-separated integers such as 1,2,-1 or `all`; got {value!r}"
         ) from None
 
@@ -147,9 +149,9 @@ def parse_layers(value: str | None) -> list[int] | None:
 def read_texts(path: Path, limit: int) -> list[str]:
     """The texts of a .txt / .json / .jsonl file (see `--data`), at most ``limit``."""
     if not path.is_file():
-        raise ValueError(f"--data {str(path)!r} is not a file")
+        raise UsageError(f"--data {str(path)!r} is not a file")
     if limit < 1:
-        raise ValueError(f"--max_texts must be ≥ 1; got {limit}")
+        raise UsageError(f"--max_texts must be ≥ 1; got {limit}")
     raw = path.read_text(encoding="utf-8")
     if path.suffix == ".txt":
         records: list = [line for line in raw.splitlines() if line.strip()]
@@ -160,41 +162,43 @@ def read_texts(path: Path, limit: int) -> list[str]:
         if isinstance(records, dict):
             records = next((v for v in records.values() if isinstance(v, list)), [records])
     else:
-        raise ValueError(f"--data must end in .txt, .json or .jsonl; got {path.name!r}")
+        raise UsageError(f"--data must end in .txt, .json or .jsonl; got {path.name!r}")
     texts = []
     for record in records[:limit]:
         if isinstance(record, str):
             texts.append(record)
             continue
         if not isinstance(record, dict):
-            raise ValueError(f"--data {path.name}: records must be strings or objects; got {record!r:.80}")
+            raise UsageError(f"--data {path.name}: records must be strings or objects; got {record!r:.80}")
         first = next((str(record[k]) for k in TEXT_KEYS if record.get(k)), None)
         if first is None:
-            raise ValueError(
+            raise UsageError(
                 f"--data {path.name}: a record has none of the keys {list(TEXT_KEYS)}: {record!r:.120}"
             )
         second = next((str(record[k]) for k in PAIR_KEYS if record.get(k)), None)
         texts.append(f"{first}\n{second}" if second else first)
     if not texts:
-        raise ValueError(f"--data {path.name}: no texts found")
+        raise UsageError(f"--data {path.name}: no texts found")
     return texts
 
 
 def _attention(args: argparse.Namespace) -> int:
+    from ina.foundation.adapters import parse_adapter_specs
     from ina.foundation.attention import num_layers
-    from ina.viz.models import display_name, load_models, parse_adapter
+    from ina.foundation.models import display_name
+    from ina.viz.models import load_models
     from ina.viz.report import attention_report
 
     every_layer = args.layers is not None and args.layers.strip() == "all"
     layers = None if every_layer else parse_layers(args.layers)
-    adapters = [parse_adapter(value) for value in args.adapter]
+    adapters = parse_adapter_specs(args.adapter, "--adapter")
     model, tokenizer = load_models(args.base_model, adapters, device=args.device, dtype=args.dtype)
     if every_layer:
         layers = list(range(1, (num_layers(model) or 0) + 1)) or None
     data = attention_report(
         model,
         tokenizer,
-        [(a.name, str(a.path)) for a in adapters],
+        [(name, str(path)) for name, path in adapters.items()],
         args.text,
         args.text_pair,
         layers,
@@ -222,21 +226,23 @@ def _summary_lines(data: dict) -> list[str]:
 
 
 def _inhibition(args: argparse.Namespace) -> int:
-    from ina.viz.models import display_name, load_models, parse_adapter
+    from ina.foundation.adapters import parse_adapter_specs
+    from ina.foundation.models import display_name
+    from ina.viz.models import load_models
     from ina.viz.report import inhibition_report, markdown_tables
 
     if args.text_pair is not None and not args.text:
-        raise ValueError("--text_pair goes with --text; with --data, put both segments in each record")
+        raise UsageError("--text_pair goes with --text; with --data, put both segments in each record")
     if args.text:
         texts = [(t, args.text_pair) if args.text_pair else t for t in args.text[: args.max_texts]]
     else:
         texts = read_texts(args.data, args.max_texts)
-    adapters = [parse_adapter(value) for value in args.adapter]
+    adapters = parse_adapter_specs(args.adapter, "--adapter")
     model, tokenizer = load_models(args.base_model, adapters, device=args.device, dtype=args.dtype)
     result = inhibition_report(
         model,
         tokenizer,
-        [(a.name, str(a.path)) for a in adapters],
+        [(name, str(path)) for name, path in adapters.items()],
         texts,
         args.out,
         base_model=display_name(args.base_model),

@@ -7,6 +7,9 @@ import os
 import re
 from pathlib import Path
 
+from ina.foundation.errors import UsageError
+from ina.foundation.files import read_json
+
 STATE = "trainer_state.json"
 
 
@@ -14,7 +17,7 @@ def find_state(run_dir: str | os.PathLike[str]) -> Path:
     """The run's ``trainer_state.json``: in the folder itself, else in its last ``checkpoint-N`` folder."""
     folder = Path(run_dir)
     if not folder.is_dir():
-        raise ValueError(f"RUN_DIR {str(folder)!r} is not a folder; give the --output_dir of a training run")
+        raise UsageError(f"RUN_DIR {str(folder)!r} is not a folder; give the --output_dir of a training run")
     if (folder / STATE).is_file():
         return folder / STATE
     checkpoints = [
@@ -23,7 +26,7 @@ def find_state(run_dir: str | os.PathLike[str]) -> Path:
         if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and (path / STATE).is_file()
     ]
     if not checkpoints:
-        raise ValueError(
+        raise UsageError(
             f"RUN_DIR {str(folder)!r} has no {STATE}, in itself or in a checkpoint-* folder; the Hugging Face "
             "Trainer writes it when it saves (use --save_strategy steps/epoch, or trainer.save_state())"
         )
@@ -38,15 +41,15 @@ def read_run(run_dir: str | os.PathLike[str], name: str | None = None) -> dict:
     """
     path = find_state(run_dir)
     try:
-        history = json.loads(path.read_text())["log_history"]
+        history = read_json(path)["log_history"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a Trainer state file with a log_history list ({error})") from error
+        raise UsageError(f"{path}: not a Trainer state file with a log_history list ({error})") from error
     train = [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e and "step" in e]
     evaluation = [
         {"step": e["step"], "loss": e["eval_loss"]} for e in history if "eval_loss" in e and "step" in e
     ]
     if not train and not evaluation:
-        raise ValueError(
+        raise UsageError(
             f"{path}: log_history holds no loss; set --logging_steps (and an eval strategy) so the Trainer logs it"
         )
     return {

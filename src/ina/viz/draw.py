@@ -1,29 +1,19 @@
-"""Drawing the numbers that attention.py, inhibition.py and curves.py compute (matplotlib, Agg backend).
+"""Drawing the numbers that attention.py and inhibition.py compute, on `ina.foundation.charts`.
 
 Every function takes plain data (lists, dicts) and writes a PNG atomically; none runs a model.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ina.viz.models import write_bytes
+from ina.foundation.charts import png_bytes, pyplot, save_figure
 
 MASKED_COLOUR = "#f2f2f2"  # future positions of causal models: not attended, drawn blank
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def token_labels(tokens: Sequence[str], token_texts: Sequence[str] | None = None) -> list[str]:
@@ -34,22 +24,6 @@ def token_labels(tokens: Sequence[str], token_texts: Sequence[str] | None = None
         text = text.replace("\n", "\\n").strip()
         labels.append(text if text else repr(token)[1:-1] or "␣")
     return labels
-
-
-def save_figure(figure: Any, path: Path, dpi: int = 110) -> None:
-    """Save ``figure`` as PNG at ``path`` atomically and close it."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    _pyplot().close(figure)
-    write_bytes(path, buffer.getvalue())
-
-
-def png_bytes(figure: Any, dpi: int = 100) -> bytes:
-    """The PNG of ``figure`` (closed afterwards), for embedding in HTML."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    _pyplot().close(figure)
-    return buffer.getvalue()
 
 
 def _masked(matrix: np.ndarray, causal: bool) -> np.ma.MaskedArray:
@@ -84,6 +58,46 @@ def _frame(figure: Any, image: Any, label: str, title: str | None) -> None:
         figure.suptitle(title, fontsize=12, y=1 - 0.1 / height)
 
 
+def _layer_grid(
+    matrices: Sequence[Sequence[np.ndarray]],
+    titles: Sequence[str],
+    layers: Sequence[int],
+    labels: list[str],
+    causal: bool,
+    path: Path,
+    bar_label: str,
+    title: str | None,
+    **imshow: Any,
+) -> None:
+    """One PNG: rows = layers, a column per entry of ``matrices`` (each a (T, T) map per layer), one scale."""
+    panel = max(2.4, 0.16 * len(labels) + 0.9)
+    figure, axes = pyplot().subplots(
+        len(layers),
+        len(matrices),
+        figsize=(panel * len(matrices) + 1.2, panel * len(layers) + 0.6),
+        gridspec_kw={"wspace": 0.06, "hspace": 0.1},
+        squeeze=False,
+    )
+    image = None
+    for row, layer in enumerate(layers):
+        for col, per_layer in enumerate(matrices):
+            axis = axes[row][col]
+            image = _panel(
+                axis,
+                _masked(per_layer[row], causal),
+                labels,
+                x_labels=row == len(layers) - 1,
+                y_labels=col == 0,
+                **imshow,
+            )
+            if row == 0:
+                axis.set_title(titles[col], fontsize=11, fontweight="bold")
+            if col == 0:
+                axis.set_ylabel(f"layer {layer}", fontsize=10, fontweight="bold")
+    _frame(figure, image, bar_label, title)
+    save_figure(figure, path)
+
+
 def attention_grid(
     columns: Sequence[dict], names: Sequence[str], path: Path, title: str | None = None, gamma: float = 0.5
 ) -> dict[str, float]:
@@ -96,35 +110,20 @@ def attention_grid(
     """
     from matplotlib import colors
 
-    plt = _pyplot()
     first = columns[0]
-    layers = first["layers"]
-    labels = token_labels(first["tokens"], first.get("token_texts"))
     vmax = max(float(np.max(m)) for column in columns for m in column["attention"])
-    norm = colors.PowerNorm(gamma=gamma, vmin=0.0, vmax=vmax)
-    cmap = plt.get_cmap("viridis").with_extremes(bad=MASKED_COLOUR)
-    panel = max(2.4, 0.16 * len(labels) + 0.9)
-    figure, axes = plt.subplots(
-        len(layers),
-        len(columns),
-        figsize=(panel * len(columns) + 1.2, panel * len(layers) + 0.6),
-        gridspec_kw={"wspace": 0.06, "hspace": 0.1},
-        squeeze=False,
+    _layer_grid(
+        [[np.asarray(m) for m in column["attention"]] for column in columns],
+        names,
+        first["layers"],
+        token_labels(first["tokens"], first.get("token_texts")),
+        first["causal"],
+        path,
+        f"attention weight (mean over heads; power scale γ={gamma})",
+        title,
+        cmap=pyplot().get_cmap("viridis").with_extremes(bad=MASKED_COLOUR),
+        norm=colors.PowerNorm(gamma=gamma, vmin=0.0, vmax=vmax),
     )
-    image = None
-    for row, layer in enumerate(layers):
-        for col, column in enumerate(columns):
-            axis = axes[row][col]
-            matrix = _masked(np.asarray(column["attention"][row]), column["causal"])
-            image = _panel(
-                axis, matrix, labels, x_labels=row == len(layers) - 1, y_labels=col == 0, cmap=cmap, norm=norm
-            )
-            if row == 0:
-                axis.set_title(names[col], fontsize=11, fontweight="bold")
-            if col == 0:
-                axis.set_ylabel(f"layer {layer}", fontsize=10, fontweight="bold")
-    _frame(figure, image, f"attention weight (mean over heads; power scale γ={gamma})", title)
-    save_figure(figure, path)
     return {"vmin": 0.0, "vmax": vmax, "gamma": gamma}
 
 
@@ -133,44 +132,28 @@ def moved_grid(columns: Sequence[dict], names: Sequence[str], path: Path, title:
 
     Red: the adapter attends more than the base; blue: less. Returns the largest |difference| (the scale).
     """
-    plt = _pyplot()
-    base, adapters = columns[0], columns[1:]
-    layers = base["layers"]
-    labels = token_labels(base["tokens"], base.get("token_texts"))
+    base = columns[0]
     differences = [
-        [np.asarray(c["attention"][row]) - np.asarray(base["attention"][row]) for row in range(len(layers))]
-        for c in adapters
+        [
+            np.asarray(c["attention"][row]) - np.asarray(base["attention"][row])
+            for row in range(len(base["layers"]))
+        ]
+        for c in columns[1:]
     ]
     limit = max((float(np.abs(d).max()) for per in differences for d in per), default=0.0) or 1e-6
-    cmap = plt.get_cmap("RdBu_r").with_extremes(bad=MASKED_COLOUR)
-    panel = max(2.4, 0.16 * len(labels) + 0.9)
-    figure, axes = plt.subplots(
-        len(layers),
-        len(adapters),
-        figsize=(panel * len(adapters) + 1.2, panel * len(layers) + 0.6),
-        squeeze=False,
-        gridspec_kw={"wspace": 0.06, "hspace": 0.1},
+    _layer_grid(
+        differences,
+        [f"{name} − {names[0]}" for name in names[1:]],
+        base["layers"],
+        token_labels(base["tokens"], base.get("token_texts")),
+        base["causal"],
+        path,
+        "attention moved: adapter − base (red: more, blue: less)",
+        title,
+        cmap=pyplot().get_cmap("RdBu_r").with_extremes(bad=MASKED_COLOUR),
+        vmin=-limit,
+        vmax=limit,
     )
-    image = None
-    for row, layer in enumerate(layers):
-        for col, difference in enumerate(differences):
-            axis = axes[row][col]
-            image = _panel(
-                axis,
-                _masked(difference[row], base["causal"]),
-                labels,
-                x_labels=row == len(layers) - 1,
-                y_labels=col == 0,
-                cmap=cmap,
-                vmin=-limit,
-                vmax=limit,
-            )
-            if row == 0:
-                axis.set_title(f"{names[col + 1]} − {names[0]}", fontsize=11, fontweight="bold")
-            if col == 0:
-                axis.set_ylabel(f"layer {layer}", fontsize=10, fontweight="bold")
-    _frame(figure, image, "attention moved: adapter − base (red: more, blue: less)", title)
-    save_figure(figure, path)
     return limit
 
 
@@ -180,7 +163,7 @@ def layer_figure_png(
     """PNG bytes for one layer: top row every model, bottom row each adapter minus the base ("attention moved")."""
     from matplotlib import colors
 
-    plt = _pyplot()
+    plt = pyplot()
     labels = token_labels(columns[0]["tokens"], columns[0].get("token_texts"))
     causal = columns[0]["causal"]
     cmap = plt.get_cmap("viridis").with_extremes(bad=MASKED_COLOUR)
@@ -240,7 +223,7 @@ def layer_figure_png(
 def inhibition_plots(result: dict, path: Path) -> None:
     """Three panels per adapted layer, one colour per adapter: share of rank units below the threshold,
     the per-token maximum ``max_r(h)``, and ``‖adapter output‖ / ‖base output‖`` (box plots over tokens)."""
-    plt = _pyplot()
+    plt = pyplot()
     adapters = result["adapters"]
     modules = adapters[0]["modules"]
     names = [m["name"] for m in modules]
@@ -295,7 +278,7 @@ def token_inhibition_heatmap(result: dict, path: Path, text_index: int = 0) -> N
     """For one text: share of rank units below the threshold, tokens × adapted layers, one panel per adapter."""
     from matplotlib import colors
 
-    plt = _pyplot()
+    plt = pyplot()
     adapters = result["adapters"]
     text = result["texts"][text_index]
     labels = token_labels(text["tokens"], text["token_texts"])
@@ -323,33 +306,4 @@ def token_inhibition_heatmap(result: dict, path: Path, text_index: int = 0) -> N
     figure.colorbar(
         image, ax=[row[0] for row in axes], shrink=0.6, label="share of rank units below threshold"
     )
-    save_figure(figure, path)
-
-
-def loss_curves(runs: Sequence[dict], path: Path) -> None:
-    """Training (solid) and validation (dashed, dots) loss of several runs against the step, one colour per run."""
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(8, 5), layout="constrained")
-    colours = plt.get_cmap("tab10").colors
-    for i, run in enumerate(runs):
-        colour = colours[i % len(colours)]
-        if run["train"]:
-            steps, losses = zip(*[(p["step"], p["loss"]) for p in run["train"]], strict=True)
-            axis.plot(steps, losses, color=colour, linewidth=1.4, label=f"{run['name']} train")
-        if run["eval"]:
-            steps, losses = zip(*[(p["step"], p["loss"]) for p in run["eval"]], strict=True)
-            axis.plot(
-                steps,
-                losses,
-                color=colour,
-                linestyle="--",
-                marker="o",
-                markersize=3,
-                label=f"{run['name']} validation",
-            )
-    axis.set_xlabel("step")
-    axis.set_ylabel("loss")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    axis.set_title("training and validation loss")
     save_figure(figure, path)

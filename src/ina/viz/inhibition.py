@@ -2,7 +2,7 @@
 
 For every adapted linear layer the hooks capture ``h = A·x`` (the rank-r activations; dropout is off in
 eval mode), the base layer's output ``W0·x + b`` and the layer's output, and compute with the core's
-semantics (:func:`ina.core.functional.inhibit`): the threshold ``ρ · max_r(h)`` per token, the share of
+:func:`ina.core.functional.subtract_threshold`: the threshold ``ρ · max_r(h)`` per token, the share of
 rank units below it (those the activation ``f`` then squashes), and ``‖adapter output‖ / ‖base output‖``.
 """
 
@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ina.core.functional import subtract_threshold
 from ina.foundation.attention import encode, evaluation, forward_kwargs, looks_causal
+from ina.foundation.errors import UsageError
 
 
 def adapted_modules(model: nn.Module, adapter_name: str) -> list[tuple[str, nn.Module]]:
@@ -66,11 +68,11 @@ def gate_statistics(h: torch.Tensor, inhibition: float) -> tuple[torch.Tensor, t
 
     With ρ = 0 the gate is off (the adapter is LoRA), so no unit is inhibited: the share is 0.
     """
-    token_max = h.amax(dim=-1)  # (T,)
     if inhibition == 0:
+        token_max = h.amax(dim=-1)  # (T,)
         return torch.zeros_like(token_max), token_max
-    below = h < inhibition * token_max.unsqueeze(-1)  # (T, r)
-    return below.float().mean(dim=-1), token_max
+    shifted, token_max = subtract_threshold(h, inhibition)  # (T, r), (T, 1)
+    return (shifted < 0).float().mean(dim=-1), token_max.squeeze(-1)
 
 
 Text = str | tuple[str, str]  # one text, or a pair (encoders: [CLS] a [SEP] b [SEP])
@@ -91,11 +93,11 @@ def compute_inhibition(model: nn.Module, tokenizer: Any, texts: Sequence[Text], 
 
     forward_kwargs(model, adapter_name)  # checks the name
     if adapter_name is None:
-        raise ValueError("`adapter_name` must name a loaded adapter: the base model has no gate to measure")
+        raise UsageError("`adapter_name` must name a loaded adapter: the base model has no gate to measure")
     settings = adapter_settings(model, adapter_name)
     modules = adapted_modules(model, adapter_name)
     if not modules:
-        raise ValueError(f"adapter {adapter_name!r} adapts no linear layer; nothing to measure")
+        raise UsageError(f"adapter {adapter_name!r} adapts no linear layer; nothing to measure")
     causal = looks_causal(model)
     device = next(model.parameters()).device
     per_module: dict[str, dict[str, list]] = {

@@ -1,5 +1,5 @@
-"""The viz commands' outputs: compute with attention.py / inhibition.py / curves.py, draw with draw.py,
-and write PNG, JSON, HTML and Markdown files into one folder (each file written atomically)."""
+"""The viz commands' outputs: compute (`ina.foundation.attention`, inhibition.py, curves.py), draw (draw.py,
+`ina.foundation.charts`), and write PNG, JSON, HTML and Markdown files into one folder, each atomically."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ina.foundation.errors import UsageError
+from ina.foundation.files import write_json, write_text
 from ina.viz import draw
-from ina.viz.models import write_bytes, write_json
 
 ATTENTION_FILES = ("attention.json", "attention-grid.png", "attention-moved.png", "attention.html")
 INHIBITION_FILES = ("inhibition.json", "inhibition.md", "inhibition.png", "inhibition-tokens.png")
@@ -125,8 +126,8 @@ def attention_report(
             out_dir / "attention-moved.png",
             title=f"{base_model}: attention moved by each adapter",
         )
-    write_json(out_dir / "attention.json", data)
-    write_bytes(out_dir / "attention.html", _attention_html(data, columns, column_names, scale).encode())
+    write_json(out_dir / "attention.json", data, indent=1)
+    write_text(out_dir / "attention.html", _attention_html(data, columns, column_names, scale))
     return data
 
 
@@ -187,7 +188,7 @@ def inhibition_report(
     from ina.viz.inhibition import compute_inhibition, summarize, token_texts
 
     if not texts:
-        raise ValueError("no text to run: give --text or a --data file with at least one text")
+        raise UsageError("no text to run: give --text or a --data file with at least one text")
     result = {
         "base_model": base_model,
         "texts": token_texts(tokenizer, model, texts),
@@ -200,8 +201,8 @@ def inhibition_report(
     result["num_tokens"] = sum(len(t["tokens"]) for t in result["texts"])
     summarize(result)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "inhibition.json", result)
-    write_bytes(out_dir / "inhibition.md", markdown_tables(result).encode())
+    write_json(out_dir / "inhibition.json", result, indent=1)
+    write_text(out_dir / "inhibition.md", markdown_tables(result))
     draw.inhibition_plots(result, out_dir / "inhibition.png")
     draw.token_inhibition_heatmap(result, out_dir / "inhibition-tokens.png")
     return result
@@ -262,10 +263,11 @@ def markdown_tables(result: dict) -> str:
 
 def curves_report(run_dirs: list[str], out_dir: Path) -> list[dict]:
     """Read every run's losses and write ``curves.json`` and ``curves.png``."""
+    from ina.foundation.charts import loss_curves
     from ina.viz.curves import read_runs
 
     runs = read_runs(run_dirs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "curves.json", runs)
-    draw.loss_curves(runs, out_dir / "curves.png")
+    write_json(out_dir / "curves.json", runs, indent=1)
+    loss_curves(runs, out_dir / "curves.png")
     return runs
