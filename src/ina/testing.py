@@ -7,6 +7,7 @@ weights, and a real byte-level BPE tokenizer (with a ChatML chat template) train
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -118,3 +119,38 @@ def tiny_model(architecture: str = "llama", head: str = "auto", seed: int = 0, *
     torch.manual_seed(seed)
     model = auto.from_config(config)
     return model.eval()
+
+
+def save_demo_adapter(
+    base: str | Path, out: str | Path, inhibition: float, seed: int, targets: list[str]
+) -> None:
+    """Save an InA adapter for ``base`` whose B matrices are random (non-zero), so it visibly changes answers."""
+    from transformers import AutoModelForCausalLM
+
+    from ina.core.config import InAConfig
+    from ina.foundation.harness import peft_model
+
+    config = InAConfig(
+        r=4, lora_alpha=8, target_modules=targets, inhibition=inhibition, task_type="CAUSAL_LM"
+    )
+    model = peft_model(AutoModelForCausalLM.from_pretrained(base), config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    model.save_pretrained(out)
+
+
+def tiny_files(root: str | Path) -> tuple[str, dict[str, str]]:
+    """A tiny random LLaMA with its tokenizer and two demo InA adapters (ρ = 0.3 and 0.9) saved under ``root``."""
+    root = Path(root)
+    base = root / "tiny-llama"
+    tiny_model("llama").save_pretrained(base)
+    tiny_tokenizer().save_pretrained(base)
+    adapters = {}
+    for seed, inhibition in enumerate((0.3, 0.9), start=1):
+        name = f"ina{round(inhibition * 10):02d}"
+        save_demo_adapter(base, root / name, inhibition, seed, ["q_proj", "v_proj"])
+        adapters[name] = str(root / name)
+    return str(base), adapters

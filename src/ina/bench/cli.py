@@ -1,111 +1,97 @@
-"""`ina bench`: time InA against the frozen base and PEFT LoRA on one model, in one process."""
+"""`ina bench` (training steps of the base, LoRA and InA) and `ina bench serve` (load on `ina serve`).
+
+The flags come from the settings dataclasses (`ina.bench.settings`); parsing imports no framework.
+Printing happens here; the benchmarks report through a ``log`` callback and return their results.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
+
+from ina.bench.flags import add_flags, settings_from
+from ina.bench.settings import BenchSettings, ServeBenchSettings
+from ina.foundation.errors import UsageError
+
+SERVE_DESCRIPTION = (
+    "Benchmark `ina serve`: requests/s and time to first token for 1, 8 and 32 concurrent streaming clients. "
+    "Without --url, starts `ina serve` (a child process) on a free loopback port and stops it at the end."
+)
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `bench` to the `ina` parser."""
+    """Add `bench` (and its `serve` subcommand) to the `ina` parser."""
+    # No abbreviated flags: `ina bench serve --adapter` would be an ambiguous prefix of --adapter_dtype and
+    # --adapter-dtype (argparse checks every argument against this parser before `serve` takes them).
     bench = subparsers.add_parser(
         "bench",
+        allow_abbrev=False,
         help="time training steps (and decoding) of the frozen base, PEFT LoRA and InA (reference and fast path)",
         description=(
             "Times forward + backward + AdamW steps of the frozen base, PEFT LoRA, InA on the reference path and "
             "InA on the fused path, on the same model, data and settings in one process; variants alternate "
             "every round, warm-up rounds are excluded; prints medians, spreads and ratios to the base, and "
-            "writes JSON with --json. A benchmark, not a test: on a shared machine, repeat it."
+            "writes JSON with --json. A benchmark, not a test: on a shared machine, repeat it. "
+            "`ina bench serve --help`: the serving benchmark."
         ),
     )
-    source = bench.add_mutually_exclusive_group()
-    source.add_argument(
-        "--preset", choices=["tiny", "1b", "7b"], default=None,
-        help="random-init LLaMA shapes: tiny (CPU), 1b (hidden 2048, 22 layers, 32 heads, 4 KV heads, "
-        "intermediate 5632), 7b (LLaMA-2-7B); default tiny",
-    )  # fmt: skip
-    source.add_argument(
-        "--model", default=None, help="a local causal-LM folder (loaded offline) instead of a preset"
-    )
-    bench.add_argument(
-        "--targets", default="qv", help="qv (q_proj, v_proj), all-linear, or a comma list of module names"
-    )
-    bench.add_argument(
-        "--steps", type=int, default=10, help="measured rounds (one step of each variant per round)"
-    )
-    bench.add_argument("--warmup", type=int, default=3, help="rounds run before measuring")
-    bench.add_argument(
-        "--batch", type=int, default=None, help="batch size (preset default: tiny 4, 1b 8, 7b 4)"
-    )
-    bench.add_argument(
-        "--seq", type=int, default=None, help="sequence length (preset default: tiny 64, else 1024)"
-    )
-    bench.add_argument(
-        "--dtype",
-        default="auto",
-        help="model dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16",
-    )
-    bench.add_argument(
-        "--adapter-dtype", default="model", choices=["model", "float32"],
-        help="adapter weights in the model's dtype, or float32 (PEFT's default autocast_adapter_dtype=True)",
-    )  # fmt: skip
-    bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    bench.add_argument("--compile", action="store_true", help="run every variant under torch.compile")
-    bench.add_argument("--decode", action="store_true", help="also time greedy generate, batch 1 (ms/token)")
-    bench.add_argument("--decode-tokens", type=int, default=32, help="new tokens per decode measurement")
-    bench.add_argument("--decode-rounds", type=int, default=3, help="decode measurements per variant")
-    bench.add_argument("--r", type=int, default=8, help="adapter rank")
-    bench.add_argument("--lora-alpha", type=int, default=16)
-    bench.add_argument("--dropout", type=float, default=0.05, help="lora_dropout of every adapter")
-    bench.add_argument("--inhibition", type=float, default=0.3, help="ρ of the InA variants")
-    bench.add_argument(
-        "--variants", default="base,lora,ina-reference,ina-fast", help="comma list of the variants to run"
-    )
-    bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for torch (default: 1 when benchmarking on CPU, torch's choice on CUDA)",
-    )
+    add_flags(bench, BenchSettings, kebab_aliases=True)
     bench.add_argument("--json", default=None, metavar="PATH", help="write the full report as JSON here")
     bench.set_defaults(handler=_bench)
+    benchmarks = bench.add_subparsers(dest="benchmark", metavar="serve", title="the serving benchmark")
+    serve = benchmarks.add_parser(
+        "serve",
+        help="requests/s and time to first token of `ina serve` (see `ina bench serve --help`)",
+        description=SERVE_DESCRIPTION,
+    )
+    _add_serve_flags(serve)
+    serve.set_defaults(handler=_serve)
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, ServeBenchSettings, required_groups={"server"})
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import sys
+    from ina.bench.report import format_table, write_report
+    from ina.bench.training import run_bench
 
-    from ina.bench.runner import BenchError, BenchSettings, format_table, run_bench, write_json
-
-    settings = BenchSettings(
-        preset=args.preset if args.preset or args.model else "tiny",
-        model=args.model,
-        targets=args.targets,
-        steps=args.steps,
-        warmup=args.warmup,
-        batch=args.batch,
-        seq=args.seq,
-        dtype=args.dtype,
-        adapter_dtype=args.adapter_dtype,
-        device=args.device,
-        compile=args.compile,
-        decode=args.decode,
-        decode_tokens=args.decode_tokens,
-        decode_rounds=args.decode_rounds,
-        r=args.r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.dropout,
-        inhibition=args.inhibition,
-        variants=[v.strip() for v in args.variants.split(",") if v.strip()],
-        seed=args.seed,
-        threads=args.threads,
-    )
-    try:
-        report = run_bench(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
-    except BenchError as error:
-        print(f"ina bench: {error}", file=sys.stderr)
-        return 2
+    report = run_bench(settings_from(BenchSettings, args), log=_log)
     print(format_table(report))
     if args.json:
-        write_json(report, args.json)
-        print(f"wrote {args.json}", file=sys.stderr)
+        write_report(report, args.json)
+        _log(f"wrote {args.json}")
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ina.bench.report import format_serving_table, write_report
+    from ina.bench.serving import ServerStartError, run_serve_bench
+
+    try:
+        report = run_serve_bench(settings_from(ServeBenchSettings, args), log=_log)
+    except ServerStartError as error:
+        _log(f"ina bench serve: {error}")
+        return 1
+    print(format_serving_table(report))
+    if args.json:
+        write_report(report["rows"], args.json)
+    return 0
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """`python -m ina.bench.serving`: the serving benchmark on its own; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m ina.bench.serving", description=SERVE_DESCRIPTION)
+    _add_serve_flags(parser)
+    args = parser.parse_args(argv)
+    try:
+        return _serve(args)
+    except UsageError as error:
+        _log(f"{parser.prog}: {error}")
+        return 2
