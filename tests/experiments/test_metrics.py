@@ -40,6 +40,60 @@ def test_pearson_and_spearman_with_ties():
         metrics.accuracy([1, 0], [1])
 
 
+# Independent numpy versions of the GLUE metrics, written from the textbook definitions: the oracle the
+# library's scikit-learn / scipy metrics are held to.
+
+
+def oracle_f1(p, y, positive=1):
+    tp = float(np.sum((p == positive) & (y == positive)))
+    fp = float(np.sum((p == positive) & (y != positive)))
+    fn = float(np.sum((p != positive) & (y == positive)))
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def oracle_matthews(p, y):
+    classes = np.union1d(p, y)
+    # confusion[i, j]: true class i predicted as j
+    confusion = np.array([[np.sum((y == a) & (p == b)) for b in classes] for a in classes], dtype=np.float64)
+    t, q = confusion.sum(axis=1), confusion.sum(axis=0)  # true and predicted counts per class
+    c, s = np.trace(confusion), confusion.sum()
+    denominator = np.sqrt(s * s - q @ q) * np.sqrt(s * s - t @ t)
+    return 0.0 if denominator == 0 else float((c * s - t @ q) / denominator)
+
+
+def oracle_pearson(a, b):
+    a, b = a - a.mean(), b - b.mean()
+    denominator = np.sqrt((a @ a) * (b @ b))
+    return float("nan") if denominator == 0 else float((a @ b) / denominator)
+
+
+def oracle_ranks(values):
+    """1-based ranks, ties sharing their average rank."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    start = 0
+    while start < len(values):
+        stop = start
+        while stop + 1 < len(values) and values[order[stop + 1]] == values[order[start]]:
+            stop += 1
+        ranks[order[start : stop + 1]] = (start + stop) / 2 + 1
+        start = stop + 1
+    return ranks
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_library_metrics_match_the_numpy_oracle(seed):
+    rng = np.random.default_rng(seed)
+    classes = 2 + seed % 3  # binary and multi-class
+    y, p = rng.integers(0, classes, 40), rng.integers(0, classes, 40)
+    assert metrics.accuracy(p, y) == pytest.approx(float(np.mean(p == y)))
+    assert metrics.f1_binary(p, y) == pytest.approx(oracle_f1(p, y))
+    assert metrics.matthews_corrcoef(p, y) == pytest.approx(oracle_matthews(p, y))
+    x, z = rng.normal(size=30), rng.integers(0, 6, 30).astype(np.float64)  # z has ties
+    assert metrics.pearson(x, z) == pytest.approx(oracle_pearson(x, z))
+    assert metrics.spearman(x, z) == pytest.approx(oracle_pearson(oracle_ranks(x), oracle_ranks(z)))
+
+
 def test_compute_metrics_per_task():
     logits = np.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.5], [0.2, 0.1]])  # argmax: 0, 1, 0, 0
     assert compute_metrics(get_task("mrpc"), logits, np.array([0, 1, 1, 0])) == {

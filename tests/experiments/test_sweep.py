@@ -7,7 +7,7 @@ import math
 import pytest
 
 from ina.cli import main
-from ina.experiments.sweep import markdown_table, summarise, verdict
+from ina.experiments.sweep_report import markdown_table, summarise, verdict
 
 FAST = [
     "--num_train_epochs",

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ina.experiments.common import ExperimentError
+
+if TYPE_CHECKING:
+    from ina.experiments.arguments import GlueArguments
+
+logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 
@@ -132,8 +138,8 @@ def _read_tsv(path: Path, task: GlueTask) -> list[Row]:
     rows = [dict(zip(header, line, strict=True)) for line in body if len(line) == len(header)]
     skipped = len(body) - len(rows)
     if skipped:
-        print(
-            f"warning: {path}: skipped {skipped} malformed line(s) with a field count other than {len(header)}"
+        logger.warning(
+            "%s: skipped %d malformed line(s) with a field count other than %d", path, skipped, len(header)
         )
     return rows
 
@@ -237,3 +243,85 @@ def vader_rows(
     random.Random(split_seed).shuffle(rows)
     cut = round(len(rows) * (1 - validation_share))
     return {"train": rows[:cut], "validation": rows[cut:]}
+
+
+def resolve(arguments: GlueArguments) -> tuple[GlueTask, str, str]:
+    """(task, data source, model) after defaults; raises before anything heavy happens."""
+    files = arguments.train_file or arguments.validation_file or arguments.data_dir
+    dataset = arguments.dataset_name
+    if dataset is None:
+        dataset = "files" if files else ("glue" if arguments.task_name else VADER_DATASET)
+    elif files:
+        raise ExperimentError(
+            f"--dataset_name {dataset!r} and data files were both given; pass one or the other"
+        )
+    task = get_task(arguments.task_name or "sst2")
+    if dataset == VADER_DATASET and task.name != "sst2":
+        raise ExperimentError(
+            f"--dataset_name {VADER_DATASET} is a binary sentiment task: use --task_name sst2; got {task.name!r}"
+        )
+    if dataset == "files" and not (
+        arguments.data_dir or (arguments.train_file and arguments.validation_file)
+    ):
+        raise ExperimentError(
+            "pass both --train_file and --validation_file (or --data_dir with GLUE's TSV files)"
+        )
+    from ina.foundation.models import resolve_base_model
+
+    return task, dataset, resolve_base_model(arguments.model_name_or_path or "minilm")
+
+
+def load_splits(arguments: GlueArguments, task: GlueTask, dataset: str) -> dict[str, list[Row]]:
+    """Checked train and validation rows; validation split names as on the hub."""
+    if dataset == VADER_DATASET:
+        raw = vader_rows(arguments.neutral_margin, split_seed=arguments.split_seed)
+        sources = {split: f"{VADER_DATASET} {split}" for split in raw}
+    elif dataset == "glue":
+        raw = hub_rows(task)
+        sources = {split: f"glue/{task.name} {split}" for split in raw}
+    elif dataset == "files":
+        paths = _file_paths(arguments, task)
+        raw = {split: read_rows(path, task) for split, path in paths.items()}
+        sources = dict(paths)
+    else:
+        raise ExperimentError(f"--dataset_name must be 'glue' or {VADER_DATASET!r}; got {dataset!r}")
+    splits = {split: check_rows(rows, task, sources[split]) for split, rows in raw.items()}
+    if arguments.max_train_samples:
+        splits["train"] = splits["train"][: arguments.max_train_samples]
+    if arguments.max_eval_samples:
+        for split in splits:
+            if split != "train":
+                splits[split] = splits[split][: arguments.max_eval_samples]
+    return splits
+
+
+def _file_paths(arguments: GlueArguments, task: GlueTask) -> dict[str, str]:
+    paths: dict[str, str] = {}
+    if arguments.data_dir:
+        for split in ("train", *task.validation_splits):
+            candidate = Path(arguments.data_dir) / TSV_FILES[split]
+            if candidate.is_file():
+                paths[split] = str(candidate)
+    if arguments.train_file:
+        paths["train"] = arguments.train_file
+    if arguments.validation_file:
+        paths[task.validation_splits[0]] = arguments.validation_file
+    if arguments.validation_mismatched_file:
+        paths["validation_mismatched"] = arguments.validation_mismatched_file
+    for split in ("train", task.validation_splits[0]):
+        if split not in paths:
+            raise ExperimentError(
+                f"no {split} data: --data_dir {arguments.data_dir!r} lacks {TSV_FILES[split]}; "
+                "pass --train_file / --validation_file"
+            )
+    return paths
+
+
+def encode(rows: list[Row], task: GlueTask, tokenizer: Any, max_length: int) -> Any:
+    """Rows as a `datasets.Dataset` of token ids and ``labels``."""
+    from datasets import Dataset
+
+    columns = [[row[c] for row in rows] for c in task.text_columns]
+    data = dict(tokenizer(*columns, truncation=True, max_length=max_length))
+    data["labels"] = [row["label"] for row in rows]
+    return Dataset.from_dict(data)

@@ -8,221 +8,109 @@ trained and saved with the adapter (PEFT's ``modules_to_save`` for ``QUESTION_AN
 
 from __future__ import annotations
 
-import argparse
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ina.experiments.arguments import SquadArguments
 from ina.experiments.common import (
-    RESULT_FILE,
+    TRAINER_DEFAULTS,
     ExperimentError,
-    add_model_arguments,
-    add_sample_and_output_arguments,
-    ensure_padding,
-    inhibition_config,
+    adapter_fields,
     load_tokenizer,
-    torch_threads,
-    trainable_parameters,
-    training_arguments,
-    write_json,
+    timing_fields,
+    uses_torch_threads,
 )
-from ina.experiments.squad_data import Example, encode, predict_answers, read_squad, synthetic_squad
+from ina.experiments.squad_data import datasets, load_examples, predict_answers
 from ina.experiments.squad_metrics import squad_v2_scores
+from ina.foundation import harness
+from ina.foundation.adapters import inhibition_config
+from ina.foundation.models import load_pretrained, resolve_base_model
 
 SQUAD_EPOCHS = 10  # the authors' recipe (they add one warm-up epoch and keep the best validation F1)
-# The offline default (no model or data named): a synthetic set, small enough for CPU.
-DEMO_DATA = {"train": 300, "validation": 100}
+# The offline default (no model or data named): the synthetic set, small enough for CPU.
 DEMO_TRAINER = {"num_train_epochs": 3, "learning_rate": 1e-3}
-
-
 # F1 first: the paper's (and the sweep table's) headline metric.
 METRIC_ORDER = ("f1", "exact", "HasAns_f1", "HasAns_exact", "NoAns_f1", "NoAns_exact")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`ina squad`'s own flags (HF ``run_qa.py`` names)."""
-    add_model_arguments(parser, " (must be fast)")
-    parser.add_argument(
-        "--train_file",
-        default=None,
-        help="SQuAD JSON ({'data': [...paragraphs...]}) or JSON lines (id, question, context, answers); "
-        "default, with no files: a generated synthetic set",
-    )
-    parser.add_argument("--validation_file", default=None, help="validation data, same formats")
-    parser.add_argument(
-        "--version_2_with_negative",
-        action="store_true",
-        help="SQuAD v2: some questions have no answer (implied by the synthetic set)",
-    )
-    parser.add_argument(
-        "--max_seq_length", type=int, default=384, help="window length in tokens (default 384)"
-    )
-    parser.add_argument(
-        "--doc_stride",
-        type=int,
-        default=128,
-        help="overlap of consecutive windows of a long context (default 128)",
-    )
-    parser.add_argument(
-        "--max_answer_length", type=int, default=30, help="longest answer in tokens (default 30)"
-    )
-    parser.add_argument(
-        "--n_best_size", type=int, default=20, help="start/end candidates per window (default 20)"
-    )
-    parser.add_argument(
-        "--null_score_diff_threshold",
-        type=float,
-        default=0.0,
-        help="v2: predict no answer when null score - best span score exceeds this (default 0)",
-    )
-    add_sample_and_output_arguments(parser, "questions")
+@uses_torch_threads
+def run(arguments: SquadArguments, training_flags: list[str]) -> dict[str, Any]:
+    """Train and evaluate one QA adapter; returns (and writes to ``result.json``, last) the run's record.
 
-
-def load_examples(args: argparse.Namespace) -> tuple[list[Example], list[Example], str]:
-    """Train and validation examples and the data source's name."""
-    if bool(args.train_file) != bool(args.validation_file):
+    ``training_flags`` are `transformers.TrainingArguments` flags (``--num_train_epochs 3``, ``--seed 1``).
+    """
+    if arguments.doc_stride >= arguments.max_seq_length:
         raise ExperimentError(
-            "pass both --train_file and --validation_file, or neither (the synthetic demo set)"
+            f"--doc_stride must be smaller than --max_seq_length; got {arguments.doc_stride} ≥ "
+            f"{arguments.max_seq_length}"
         )
-    if args.train_file:
-        train, validation, source = read_squad(args.train_file), read_squad(args.validation_file), "files"
-    else:
-        examples = synthetic_squad(DEMO_DATA["train"] + DEMO_DATA["validation"], seed=0)
-        train, validation, source = (
-            examples[: DEMO_DATA["train"]],
-            examples[DEMO_DATA["train"] :],
-            "synthetic",
-        )
-        args.version_2_with_negative = True
-    if not args.version_2_with_negative:
-        impossible = [e.id for e in train + validation if e.is_impossible]
-        if impossible:
-            raise ExperimentError(
-                f"{len(impossible)} questions have no answer (first: {impossible[:3]}); that is SQuAD v2 data: "
-                "pass --version_2_with_negative"
-            )
-    if args.max_train_samples:
-        train = train[: args.max_train_samples]
-    if args.max_eval_samples:
-        validation = validation[: args.max_eval_samples]
-    return train, validation, source
-
-
-def run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
-    """Train and evaluate one QA adapter; returns (and writes to ``result.json``, last) the run's record."""
-    with torch_threads(args.torch_threads):
-        return _run(args, extra)
-
-
-def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
-    if args.doc_stride >= args.max_seq_length:
-        raise ExperimentError(
-            f"--doc_stride must be smaller than --max_seq_length; got {args.doc_stride} ≥ {args.max_seq_length}"
-        )
-    train, validation, source = load_examples(args)
-    demo = source == "synthetic" and not args.model_name_or_path
-    if args.model_name_or_path:
-        model_name = args.model_name_or_path
-    else:
-        from ina.embedded.minilm import model_path
-
-        model_name = str(model_path())
-    output_dir = args.output_dir or f"outputs/squad-inhibition{args.inhibition:g}"
-    training = training_arguments(
-        extra,
-        output_dir,
-        {
-            **(DEMO_TRAINER if demo else {"num_train_epochs": SQUAD_EPOCHS}),
-            "label_names": "start_positions end_positions",
-        },
+    train_examples, validation, source = load_examples(arguments)
+    version_2 = arguments.version_2_with_negative or source == "synthetic"
+    demo = source == "synthetic" and not arguments.model_name_or_path
+    model_name = resolve_base_model(arguments.model_name_or_path or "minilm")
+    output_dir = arguments.output_dir or f"outputs/squad-inhibition{arguments.inhibition:g}"
+    recipe = {
+        **(DEMO_TRAINER if demo else {"num_train_epochs": SQUAD_EPOCHS}),
+        "label_names": ["start_positions", "end_positions"],
+    }
+    training = harness.training_arguments(
+        training_flags, output_dir, {**TRAINER_DEFAULTS, **recipe}, command="ina squad"
     )
-    tokenizer = load_tokenizer(model_name, args.tokenizer_name)
+    tokenizer = load_tokenizer(model_name, arguments.tokenizer_name)
 
-    from datasets import Dataset
-    from peft import get_peft_model
-    from transformers import (
-        AutoConfig,
-        AutoModelForQuestionAnswering,
-        DataCollatorWithPadding,
-        Trainer,
-        set_seed,
-    )
+    from transformers import AutoConfig, AutoModelForQuestionAnswering, DataCollatorWithPadding, set_seed
 
-    config = AutoConfig.from_pretrained(model_name)
-    ensure_padding(tokenizer, config)
+    flag = "--model_name_or_path"
+    config = load_pretrained(AutoConfig, model_name, flag)
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = tokenizer.pad_token_id  # decoders: pad with EOS, as the HF examples do
     set_seed(training.seed)
-    base = AutoModelForQuestionAnswering.from_pretrained(model_name, config=config)
-    model = get_peft_model(base, inhibition_config(args, base, "QUESTION_ANS"))
-    trainable, total = trainable_parameters(model)
+    base = load_pretrained(AutoModelForQuestionAnswering, model_name, flag, config=config)
+    model = harness.peft_model(base, inhibition_config(arguments, base, "QUESTION_ANS"))
+    trainable, total = harness.trainable_parameters(model)
 
-    model_inputs = [
-        name
-        for name in tokenizer.model_input_names
-        if name in ("input_ids", "attention_mask", "token_type_ids")
-    ]
-    train_features = encode(train, tokenizer, args.max_seq_length, args.doc_stride, with_labels=True)
-    train_dataset = Dataset.from_dict(
-        {
-            k: train_features[k]
-            for k in [*model_inputs, "start_positions", "end_positions"]
-            if k in train_features
-        }
+    train_dataset, eval_dataset, eval_features = datasets(
+        train_examples, validation, tokenizer, arguments.max_seq_length, arguments.doc_stride
     )
-    eval_features = encode(validation, tokenizer, args.max_seq_length, args.doc_stride, with_labels=False)
-    eval_dataset = Dataset.from_dict({k: eval_features[k] for k in model_inputs if k in eval_features})
-
-    trainer = Trainer(
-        model=model,
-        args=training,
-        train_dataset=train_dataset,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
+    trainer = harness.build_trainer(
+        model, training, train_dataset, tokenizer=tokenizer, data_collator=DataCollatorWithPadding(tokenizer)
     )
-    started, cpu_started = time.perf_counter(), time.process_time()
-    train_output = trainer.train()
-    train_seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    training_run = harness.train(trainer)
 
-    output = trainer.predict(eval_dataset)
-    start_logits, end_logits = output.predictions[:2]
+    start_logits, end_logits = trainer.predict(eval_dataset).predictions[:2]
     predictions, null_differences = predict_answers(
         validation,
         eval_features,
         np.asarray(start_logits),
         np.asarray(end_logits),
-        n_best=args.n_best_size,
-        max_answer_length=args.max_answer_length,
-        version_2_with_negative=args.version_2_with_negative,
-        null_score_diff_threshold=args.null_score_diff_threshold,
+        n_best=arguments.n_best_size,
+        max_answer_length=arguments.max_answer_length,
+        version_2_with_negative=version_2,
+        null_score_diff_threshold=arguments.null_score_diff_threshold,
     )
     results = squad_v2_scores({e.id: e.answers for e in validation}, predictions)
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    write_json(Path(output_dir) / "predictions.json", predictions)
-    write_json(Path(output_dir) / "null_odds.json", null_differences)
-    write_json(Path(output_dir) / "eval_results.json", {f"eval_{k}": v for k, v in results.items()})
-    record = {
+    files = {
+        "predictions.json": predictions,
+        "null_odds.json": null_differences,
+        "eval_results.json": {f"eval_{k}": v for k, v in results.items()},
+    }
+    harness.save_adapter(trainer, files=files)
+    summary = {
         "experiment": "squad",
-        "task": "squad_v2" if args.version_2_with_negative else "squad",
+        "task": "squad_v2" if version_2 else "squad",
         "dataset": source,
         "model": model_name,
-        "inhibition": args.inhibition,
-        "activation": args.activation,
-        "r": args.lora_r,
-        "lora_alpha": args.lora_alpha,
-        "seed": training.seed,
+        **adapter_fields(arguments, training.seed),
         "metrics": {k: results[k] for k in METRIC_ORDER if k in results},
-        "train_loss": train_output.training_loss,
-        "train_seconds": round(train_seconds, 2),
-        "cpu_seconds": round(cpu_seconds, 2),
-        "train_samples": len(train),
+        **timing_fields(training_run),
+        "train_samples": len(train_examples),
         "train_windows": len(train_dataset),
         "eval_samples": {"validation": len(validation)},
         "epochs": training.num_train_epochs,
         "trainable_parameters": trainable,
         "total_parameters": total,
     }
-    write_json(Path(output_dir) / RESULT_FILE, record)
-    return record
+    if harness.is_main_process(trainer):
+        harness.record(output_dir, summary)
+    return summary

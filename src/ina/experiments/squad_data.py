@@ -17,13 +17,18 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ina.experiments.common import ExperimentError
 
+if TYPE_CHECKING:
+    from ina.experiments.arguments import SquadArguments
+
 NULL_INDEX = 0  # the "no answer" position: the first token ([CLS] where the tokenizer adds one)
+# The offline default (no data named): a synthetic set, small enough for CPU.
+DEMO_DATA = {"train": 300, "validation": 100}
 
 
 @dataclass
@@ -278,3 +283,52 @@ def predict_answers(
         else:
             predictions[example.id] = best_text
     return predictions, null_differences
+
+
+def load_examples(arguments: SquadArguments) -> tuple[list[Example], list[Example], str]:
+    """Train and validation examples and the data source's name (``files`` or ``synthetic``).
+
+    The synthetic set has unanswerable questions: it is always scored as SQuAD v2.
+    """
+    if bool(arguments.train_file) != bool(arguments.validation_file):
+        raise ExperimentError(
+            "pass both --train_file and --validation_file, or neither (the synthetic demo set)"
+        )
+    if arguments.train_file and arguments.validation_file:
+        train, validation = read_squad(arguments.train_file), read_squad(arguments.validation_file)
+        source = "files"
+    else:
+        examples = synthetic_squad(DEMO_DATA["train"] + DEMO_DATA["validation"], seed=0)
+        train, validation = examples[: DEMO_DATA["train"]], examples[DEMO_DATA["train"] :]
+        source = "synthetic"
+    if source == "files" and not arguments.version_2_with_negative:
+        impossible = [e.id for e in train + validation if e.is_impossible]
+        if impossible:
+            raise ExperimentError(
+                f"{len(impossible)} questions have no answer (first: {impossible[:3]}); that is SQuAD v2 data: "
+                "pass --version_2_with_negative"
+            )
+    if arguments.max_train_samples:
+        train = train[: arguments.max_train_samples]
+    if arguments.max_eval_samples:
+        validation = validation[: arguments.max_eval_samples]
+    return train, validation, source
+
+
+def datasets(
+    train: list[Example], validation: list[Example], tokenizer: Any, max_length: int, doc_stride: int
+) -> tuple[Any, Any, dict[str, list[Any]]]:
+    """Training and evaluation `datasets.Dataset` of windows, and the evaluation windows' features."""
+    from datasets import Dataset
+
+    inputs = [
+        name
+        for name in tokenizer.model_input_names
+        if name in ("input_ids", "attention_mask", "token_type_ids")
+    ]
+    train_features = encode(train, tokenizer, max_length, doc_stride, with_labels=True)
+    labelled = [*inputs, "start_positions", "end_positions"]
+    train_dataset = Dataset.from_dict({k: train_features[k] for k in labelled if k in train_features})
+    eval_features = encode(validation, tokenizer, max_length, doc_stride, with_labels=False)
+    eval_dataset = Dataset.from_dict({k: eval_features[k] for k in inputs if k in eval_features})
+    return train_dataset, eval_dataset, eval_features

@@ -21,11 +21,14 @@ BASE_ADAPTER = "__base__"  # the adapter name meaning "no adapter", as in PEFT's
 
 # Attention projections by architecture family, the default targets when none are named.
 ATTENTION_PROJECTIONS: tuple[tuple[str, ...], ...] = (
-    ("query", "key", "value"),  # BERT, RoBERTa, MiniLM
-    ("q_proj", "k_proj", "v_proj"),  # LLaMA, Mistral, OPT, SmolLM
-    ("q_lin", "k_lin", "v_lin"),  # DistilBERT
-    ("query_key_value",),  # BLOOM, GPT-NeoX
+    ("query", "key", "value"),  # BERT, RoBERTa, ELECTRA, MiniLM
+    ("query_proj", "key_proj", "value_proj"),  # DeBERTa-v2/v3
+    ("q_proj", "k_proj", "v_proj"),  # LLaMA, Mistral, Qwen, OPT, BART, SmolLM
+    ("q", "k", "v"),  # T5
+    ("query_key_value",),  # BLOOM, Falcon, GPT-NeoX
     ("c_attn",),  # GPT-2
+    ("in_proj",),  # DeBERTa v1
+    ("q_lin", "k_lin", "v_lin"),  # DistilBERT
     ("Wqkv",),  # ModernBERT, MPT
 )
 
