@@ -32,12 +32,11 @@ def test_readme_client_examples_run_against_a_live_server(tmp_path):
     blocks = [b for b in python_blocks(README.read_text()) if README_SERVER in b]
     if not blocks:
         pytest.skip("README.md has no client example")
-    from ina.serve.app import create_app
-    from ina.serve.bench import save_demo_adapter
+    from ina.serve.api import create_app
     from ina.serve.engine import Engine
     from ina.serve.server import LiveServer
     from ina.serve.settings import ServeSettings
-    from ina.testing import tiny_model, tiny_tokenizer
+    from ina.testing import save_demo_adapter, tiny_model, tiny_tokenizer
 
     model_ids = set(re.findall(r'model="([^"]+)"', "\n".join(blocks)))
     tiny_model("llama").save_pretrained(tmp_path / "base")

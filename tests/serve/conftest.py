@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ina.serve.bench import save_demo_adapter
 from ina.serve.server import LiveServer
+from ina.testing import save_demo_adapter
 
 ADAPTERS = {"ina03": 0.3, "ina09": 0.9}
 
@@ -75,7 +75,7 @@ def settings(serve_files: ServeFiles) -> object:
 
 @pytest.fixture(scope="module")
 def server(engine: object, settings: object) -> Iterator[LiveServer]:
-    from ina.serve.app import create_app
+    from ina.serve.api import create_app
 
     with LiveServer(create_app(engine, settings)) as live:  # type: ignore[arg-type]
         yield live

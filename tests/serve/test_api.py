@@ -209,7 +209,7 @@ def test_malformed_json_oversized_body_unknown_route(server: object) -> None:
 
 
 def test_api_key_guards_every_route_but_health(engine: object, serve_files: object) -> None:
-    from ina.serve.app import create_app
+    from ina.serve.api import create_app
     from ina.serve.settings import ServeSettings
 
     settings = ServeSettings(

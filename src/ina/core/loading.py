@@ -19,7 +19,7 @@ from peft import PeftModel
 from torch import nn
 
 from ina.core.config import InAConfig
-from ina.core.registry import AUTHORS_KEY, PEFT_TYPE_NAME
+from ina.core.registry import AUTHORS_KEY, PEFT_TYPE_NAME, without_peft_deprecations
 
 CONFIG_NAME = "adapter_config.json"
 
@@ -57,13 +57,14 @@ def load_adapter(
     """
     config = read_adapter_config(path)
     config.inference_mode = not is_trainable
-    if isinstance(model, PeftModel):
-        model.add_adapter(adapter_name, config)
-        model.load_adapter(str(path), adapter_name, is_trainable=is_trainable)
-        return model
-    return PeftModel.from_pretrained(
-        model, str(path), adapter_name=adapter_name, is_trainable=is_trainable, config=config
-    )
+    with without_peft_deprecations():
+        if isinstance(model, PeftModel):
+            model.add_adapter(adapter_name, config)
+            model.load_adapter(str(path), adapter_name, is_trainable=is_trainable)
+            return model
+        return PeftModel.from_pretrained(
+            model, str(path), adapter_name=adapter_name, is_trainable=is_trainable, config=config
+        )
 
 
 def convert_adapter(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> InAConfig:

@@ -6,7 +6,10 @@ load such an adapter, which is what we want: an InA adapter must never run as pl
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from peft import LoraConfig
@@ -64,3 +67,17 @@ def register() -> None:
     PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] = InAModel.prefix
     if not getattr(LoraConfig.check_kwargs, "__ina_guard__", False):
         LoraConfig.check_kwargs = _guard_authors_format(LoraConfig.check_kwargs)
+
+
+@contextlib.contextmanager
+def without_peft_deprecations() -> Iterator[None]:
+    """Run the block without the FutureWarning PEFT causes by reading transformers' `is_gradient_checkpointing`.
+
+    PEFT 0.21 reads the deprecated property whenever it wraps or loads a model; the warning is not ours
+    to fix, and every command would print it.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield

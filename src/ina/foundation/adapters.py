@@ -55,18 +55,24 @@ class AdapterSpec:
     path: Path
 
 
-def parse_adapter_spec(value: str, flag: str = "--adapter") -> AdapterSpec:
-    """``NAME=PATH`` (or a bare ``PATH``, named after its folder) → `AdapterSpec`.
-
-    Raises `AdapterSpecError` naming ``flag`` when the name is unusable or the folder holds no adapter.
-    """
+def split_adapter_spec(value: str, flag: str = "--adapter", bare_path: bool = True) -> tuple[str, str]:
+    """``NAME=PATH`` → ``(name, path)``; a bare ``PATH`` is named after its folder when ``bare_path``."""
     name, sep, path = value.partition("=")
-    if not sep:
+    if not sep and bare_path:
         path = value
         name = Path(value.rstrip("/")).name
     name, path = name.strip(), path.strip()
     if not name or not path:
         raise AdapterSpecError(f"{flag} must be NAME=PATH (e.g. {flag} ina30=runs/ina-0.3); got {value!r}")
+    return name, path
+
+
+def parse_adapter_spec(value: str, flag: str = "--adapter", bare_path: bool = True) -> AdapterSpec:
+    """``NAME=PATH`` (or a bare ``PATH``, named after its folder) → `AdapterSpec`.
+
+    Raises `AdapterSpecError` naming ``flag`` when the name is unusable or the folder holds no adapter.
+    """
+    name, path = split_adapter_spec(value, flag, bare_path)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):  # PEFT's module dictionaries refuse dots
         raise AdapterSpecError(
             f"{flag} NAME must use letters, digits, '_' and '-' only (e.g. ina30); got {name!r}"
@@ -87,16 +93,24 @@ def parse_adapter_spec(value: str, flag: str = "--adapter") -> AdapterSpec:
     return AdapterSpec(name, Path(path))
 
 
-def parse_adapter_specs(values: Iterable[str], flag: str = "--adapter") -> dict[str, Path]:
-    """Every ``NAME=PATH`` in ``values`` as ``{name: path}``, in order; a name given twice is an error."""
+def parse_adapter_specs(
+    values: Iterable[str], flag: str = "--adapter", bare_path: bool = True, check: bool = True
+) -> dict[str, Path]:
+    """Every ``NAME=PATH`` in ``values`` as ``{name: path}``, in order; a name given twice is an error.
+
+    ``check=False`` only splits (the caller validates names and folders, e.g. `ServeSettings`).
+    """
     adapters: dict[str, Path] = {}
     for value in values:
-        spec = parse_adapter_spec(value, flag)
+        if check:
+            spec = parse_adapter_spec(value, flag, bare_path)
+        else:
+            spec = AdapterSpec(*split_adapter_spec(value, flag, bare_path))
         if spec.name in adapters:
             raise AdapterSpecError(
                 f"{flag} name {spec.name!r} is given twice; give each adapter its own NAME (NAME=PATH)"
             )
-        adapters[spec.name] = spec.path
+        adapters[spec.name] = Path(spec.path)
     return adapters
 
 

@@ -1,10 +1,20 @@
-"""`ina serve`: one base model and its adapters behind an OpenAI-compatible API and a web UI."""
+"""`ina serve`: one base model and its adapters behind an OpenAI-compatible API and a web UI.
+
+The flags are generated from `ina.serve.settings.ServeSettings` (its fields, defaults and help), so
+each option is declared once. Nothing heavier than the standard library is imported until the
+command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
 from pathlib import Path
+from typing import Any
+
+from ina.serve.settings import ServeSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,125 +29,76 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "`ina finetune` wrote to its default output folder, if there is one."
         ),
     )
-    serve.add_argument(
-        "--base_model", default=None, help="base model folder or name (default: the embedded model)"
-    )
-    serve.add_argument(
-        "--adapter",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="serve the adapter in folder PATH as model id NAME (repeat for more adapters)",
-    )
-    serve.add_argument(
-        "--base_model_id", default=None, help="model id of the base (default: its folder name)"
-    )
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
-    )
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument(
-        "--api_key",
-        default=None,
-        help="require `Authorization: Bearer KEY` on every route but /health (default: $INA_API_KEY, else none)",
-    )
-    serve.add_argument(
-        "--max_tokens_cap", type=int, default=1024, help="largest max_tokens a request may ask for"
-    )
-    serve.add_argument("--max_batch_size", type=int, default=32, help="rows decoded together")
-    serve.add_argument(
-        "--batch_window_ms", type=float, default=5.0, help="how long to gather requests into a batch"
-    )
-    serve.add_argument("--max_queue", type=int, default=256, help="requests allowed to wait (more get 503)")
-    serve.add_argument(
-        "--max_body_bytes", type=int, default=1_000_000, help="largest request body (more get 413)"
-    )
-    serve.add_argument(
-        "--dtype", default="auto", help="auto (float32 on CPU), float32, bfloat16, float16, float64"
-    )
-    serve.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    serve.add_argument(
-        "--num_threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice; 1 suits tiny models)",
-    )
-    serve.add_argument(
-        "--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"]
-    )
+    add_settings_flags(serve, ServeSettings)
     serve.set_defaults(handler=_serve)
 
 
-def parse_adapters(values: list[str]) -> dict[str, str]:
-    """``["a=path1", "b=path2"]`` -> ``{"a": "path1", "b": "path2"}``; errors name the flag and the fix."""
-    adapters: dict[str, str] = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(
-                f"ina serve: --adapter must be NAME=PATH (e.g. --adapter ina03=outputs/ina); got {value!r}"
+def settings_flags(settings: type[Any]) -> list[dataclasses.Field]:  # type: ignore[type-arg]
+    """The fields of the dataclass ``settings`` that are command-line flags."""
+    return [f for f in dataclasses.fields(settings) if f.metadata.get("flag", True) is not False]
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, settings: type[Any]) -> None:
+    """One ``--name`` flag per field of the dataclass ``settings`` (see `ina.serve.settings`)."""
+    hints = typing.get_type_hints(settings)
+    for field in settings_flags(settings):
+        meta = field.metadata
+        kwargs: dict[str, Any] = {"dest": field.name, "help": meta.get("help")}
+        if meta.get("append"):
+            kwargs.update(action="append", default=[])
+        else:
+            kind = next(
+                t for t in typing.get_args(hints[field.name]) or (hints[field.name],) if t is not type(None)
             )
-        if name in adapters:
-            raise SystemExit(
-                f"ina serve: --adapter name {name!r} is given twice; give each adapter its own NAME"
-            )
-        adapters[name] = path
-    return adapters
+            kwargs.update(type=None if kind is str else kind, default=field.default)
+        kwargs.update({key: meta[key] for key in ("metavar", "choices") if key in meta})
+        parser.add_argument(meta.get("flag") or f"--{field.name}", **kwargs)
 
 
 def default_adapters() -> dict[str, str]:
-    """The adapter a plain `ina finetune` writes (its quick default output folder), when it exists."""
-    from ina.finetune.arguments import QUICK_DEFAULTS
+    """The adapter a plain `ina finetune` writes (its default output folder), when it exists."""
+    from ina.embedded import DEMO_ADAPTER_DIR
 
-    path = Path(QUICK_DEFAULTS["output_dir"])
+    path = Path(DEMO_ADAPTER_DIR)
     if (path / "adapter_config.json").is_file():
         return {path.name: str(path)}
     return {}
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from ina.foundation.adapters import AdapterSpecError, parse_adapter_specs
 
-    from ina.serve.app import create_app
-    from ina.serve.engine import Engine
-    from ina.serve.settings import ServeSettings, SettingsError
-
+    try:
+        pairs = parse_adapter_specs(args.adapters, "--adapter", bare_path=False, check=False)
+        adapters = {name: str(path) for name, path in pairs.items()}
+    except AdapterSpecError as error:
+        # A malformed flag ends the command before anything is loaded, as argparse's own errors do.
+        raise SystemExit(f"ina serve: {error}") from None
     if args.num_threads is not None:
         import torch
 
         torch.set_num_threads(max(1, args.num_threads))
-    adapters = parse_adapters(args.adapter)
-    base_model, base_model_id = args.base_model, args.base_model_id
-    if base_model is None:
+    values = {field.name: getattr(args, field.name) for field in settings_flags(ServeSettings)}
+    if values["base_model"] is None:
         from ina.embedded.smollm import MODEL_NAME, ensure_model
 
-        base_model = str(ensure_model())
-        base_model_id = base_model_id or MODEL_NAME
-        if not adapters:
-            adapters = default_adapters()
-    try:
-        settings = ServeSettings(
-            base_model=base_model,
-            adapters=adapters,
-            base_model_id=base_model_id,
-            host=args.host,
-            port=args.port,
-            api_key=args.api_key,
-            max_tokens_cap=args.max_tokens_cap,
-            max_batch_size=args.max_batch_size,
-            batch_window_ms=args.batch_window_ms,
-            max_queue=args.max_queue,
-            max_body_bytes=args.max_body_bytes,
-            dtype=args.dtype,
-            device=args.device,
-        )
-    except SettingsError as error:
-        print(f"ina serve: {error}", file=sys.stderr)
-        return 2
+        values["base_model"] = str(ensure_model())
+        values["base_model_id"] = values["base_model_id"] or MODEL_NAME
+        adapters = adapters or default_adapters()
+    settings = ServeSettings(**{**values, "adapters": adapters})  # SettingsError: one report, exit code 2
+    return _run(settings)
+
+
+def _run(settings: ServeSettings) -> int:
+    import uvicorn
+
+    from ina.serve.api import create_app
+    from ina.serve.engine import Engine
+
     try:
         engine = Engine.load(
-            base_model,
-            adapters,
+            str(settings.base_model),
+            settings.adapters,
             base_model_id=settings.base_model_id,
             dtype=settings.dtype,
             device=settings.device,
@@ -147,7 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         print(
-            f"ina serve: could not load --base_model {base_model} with adapters {adapters}: "
+            f"ina serve: could not load --base_model {settings.base_model} with adapters {settings.adapters}: "
             f"{type(error).__name__}: {error}\nCheck that each adapter was trained on this base model.",
             file=sys.stderr,
         )
@@ -165,7 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     finally:
         engine.shutdown()
     return 0

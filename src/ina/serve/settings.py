@@ -1,4 +1,9 @@
-"""Server settings: one validated dataclass that `ina serve`'s flags and `create_app` share."""
+"""Server settings, written once: one validated dataclass; `ina serve`'s flags are generated from it.
+
+A field's ``metadata`` carries what the command line needs: ``help``, and optionally ``flag`` (False:
+not a flag; else the flag when it is not ``--<field name>``), ``metavar``, ``choices`` and ``append``
+(a repeatable flag). See `ina.serve.cli`.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,23 @@ import os
 import re
 from pathlib import Path
 
+from ina.foundation.adapters import BASE_ADAPTER
+from ina.foundation.errors import UsageError
+from ina.foundation.models import DTYPES
+
 API_KEY_ENV = "INA_API_KEY"
-BASE_ADAPTER = "__base__"
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+__all__ = ["API_KEY_ENV", "BASE_ADAPTER", "ServeSettings", "SettingsError"]
 
 
-class SettingsError(ValueError):
+class SettingsError(UsageError):
     """Every problem found in the settings, reported together."""
+
+
+def _option(default: object, help: str | None = None, **cli: object) -> dataclasses.Field:  # type: ignore[type-arg]
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
 
 
 @dataclasses.dataclass
@@ -24,21 +39,36 @@ class ServeSettings:
     served as ``base_model_id``. Adapters are loaded only from these start-up paths.
     """
 
-    base_model: str | None = None
-    adapters: dict[str, str] = dataclasses.field(default_factory=dict)
-    base_model_id: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-    max_tokens_cap: int = 1024
-    default_max_tokens: int = 256
-    max_n: int = 8
-    max_batch_size: int = 32
-    batch_window_ms: float = 5.0
-    max_queue: int = 256
-    max_body_bytes: int = 1_000_000
-    dtype: str = "auto"
-    device: str = "auto"
+    base_model: str | None = _option(None, "base model folder or name (default: the embedded model)")
+    adapters: dict[str, str] = dataclasses.field(
+        default_factory=dict,
+        metadata={
+            "flag": "--adapter",
+            "append": True,
+            "metavar": "NAME=PATH",
+            "help": "serve the adapter in folder PATH as model id NAME (repeat for more adapters)",
+        },
+    )
+    base_model_id: str | None = _option(None, "model id of the base (default: its folder name)")
+    host: str = _option("127.0.0.1", "address to bind (default 127.0.0.1: this machine only)")
+    port: int = _option(8000)
+    api_key: str | None = _option(
+        None,
+        "require `Authorization: Bearer KEY` on every route but /health (default: $INA_API_KEY, else none)",
+    )
+    max_tokens_cap: int = _option(1024, "largest max_tokens a request may ask for")
+    default_max_tokens: int = _option(256, flag=False)
+    max_n: int = _option(8, flag=False)
+    max_batch_size: int = _option(32, "rows decoded together")
+    batch_window_ms: float = _option(5.0, "how long to gather requests into a batch")
+    max_queue: int = _option(256, "requests allowed to wait (more get 503)")
+    max_body_bytes: int = _option(1_000_000, "largest request body (more get 413)")
+    dtype: str = _option("auto", "auto (float32 on CPU), float32, bfloat16, float16, float64")
+    device: str = _option("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
+    num_threads: int | None = _option(
+        None, "torch CPU threads (default: torch's choice; 1 suits tiny models)"
+    )
+    log_level: str = _option("info", choices=LOG_LEVELS)
 
     def __post_init__(self) -> None:
         problems = []
@@ -71,10 +101,10 @@ class ServeSettings:
                 problems.append(f"--{field} must be an integer >= {low}; got {value!r}")
         if self.batch_window_ms < 0:
             problems.append(f"--batch_window_ms must be >= 0; got {self.batch_window_ms!r}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16", "float64"):
-            problems.append(
-                f"--dtype must be one of auto, float32, bfloat16, float16, float64; got {self.dtype!r}"
-            )
+        if self.dtype not in DTYPES:
+            problems.append(f"--dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        if self.log_level not in LOG_LEVELS:
+            problems.append(f"--log_level must be one of {', '.join(LOG_LEVELS)}; got {self.log_level!r}")
         if problems:
             raise SettingsError("invalid serve settings:\n  " + "\n  ".join(problems))
         self.default_max_tokens = min(self.default_max_tokens, self.max_tokens_cap)

@@ -1,0 +1,16 @@
+"""The serving API: OpenAI-compatible routes, the seed's ``/completion``, attention maps and the web UI.
+
+It calls only the public methods of `ina.serve.engine.Engine`.
+
+    app.py         create_app(engine, settings): routers, middleware, error handlers, static files
+    routes/        one router per family: models and health, completions, instruction, attention, UI
+    schemas.py     request and response models (pydantic)
+    streaming.py   a request's generations, and server-sent events
+    deps.py        what routes receive (engine, settings) and the server's limits on requests
+    middleware.py  API key and request size
+    errors.py      the one error envelope and the handlers that answer with it
+"""
+
+from ina.serve.api.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,44 @@
+"""``GET /health`` and ``GET /v1/models[/{id}]``: what this server serves."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from ina.serve.api import schemas
+from ina.serve.api.deps import EngineDep, SettingsDep
+from ina.serve.api.errors import model_not_found
+from ina.serve.engine import Engine
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(engine: EngineDep, settings: SettingsDep) -> schemas.Health:
+    stats = engine.stats()
+    return schemas.Health(
+        models=engine.model_ids,
+        max_tokens_cap=settings.max_tokens_cap,
+        active=stats["active_rows"],
+        queued=stats["queued"],
+    )
+
+
+@router.get("/v1/models")
+async def list_models(engine: EngineDep, request: Request) -> schemas.ModelList:
+    return schemas.ModelList(data=cards(engine, request.app.state.created))
+
+
+@router.get("/v1/models/{model_id}")
+async def get_model(model_id: str, engine: EngineDep, request: Request) -> schemas.ModelCard:
+    for card in cards(engine, request.app.state.created):
+        if card.id == model_id:
+            return card
+    raise model_not_found(model_id, engine.model_ids)
+
+
+def cards(engine: Engine, created: int) -> list[schemas.ModelCard]:
+    """The base model, then each adapter (its ``parent`` is the base)."""
+    base = engine.base_model_id
+    data = [schemas.ModelCard(id=base, created=created, root=base, parent=None)]
+    data += [schemas.ModelCard(id=name, created=created, root=base, parent=base) for name in engine.adapters]
+    return data
