@@ -1,134 +1,156 @@
 """`ina finetune`'s own options (the seed's and alpaca-lora's flags), written once for CLI, config and help.
 
-Anything that is not one of these is a `transformers.TrainingArguments` field (``--bf16``,
+The adapter flags are `ina.foundation.adapters.AdapterArguments` with this command's defaults. Anything
+that is not one of these options is a `transformers.TrainingArguments` field (``--bf16``,
 ``--max_steps``, ``--deepspeed``, ...) and goes to the Trainer. Values come, lowest priority first, from
 the defaults below, the quick defaults of the embedded model (when no ``--base_model`` is given), the
-``--config`` YAML file, then the command line.
+``--config`` YAML/JSON file, then the command line. This module imports no framework at import time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
 from typing import Any
 
+from ina.embedded import DEMO_ADAPTER_DIR
+from ina.foundation import arguments as flags
+from ina.foundation.adapters import AdapterArguments
+from ina.foundation.errors import UsageError
+from ina.foundation.models import DTYPES
 
-def _option(default: Any, help: str, aliases: tuple[str, ...] = ()) -> Any:
-    return field(default=default, metadata={"help": help, "aliases": aliases})
+option = flags.option
+
+
+class FinetuneError(UsageError):
+    """The run cannot go on; the message says which option to change."""
 
 
 @dataclass
-class FinetuneArguments:
-    """Options of `ina finetune` (see each field's ``help``)."""
+class FinetuneArguments(AdapterArguments):
+    """Options of `ina finetune` (see each field's ``help``); every problem is raised at once on construction."""
 
-    base_model: str = _option(
+    base_model: str = option(
         "", "model folder or hub name of a causal LM; empty: the embedded SmolLM2-135M-Instruct (offline)"
     )
-    data_path: str = _option(
+    data_path: str = option(
         "",
         "Alpaca/ShareGPT/messages .json or .jsonl file, a folder of them, or a hub dataset name; "
         "empty: the embedded English+Chinese Alpaca set",
         ("--data_dir",),
     )
-    output_dir: str = _option("outputs/ina-finetune", "where checkpoints, the adapter and the summary go")
-    config: str = _option(
-        "", "YAML file of options (these flags and any TrainingArguments field); flags override it"
+    output_dir: str = option(
+        "outputs/ina-finetune",
+        f"where checkpoints, the adapter and the summary go (default: {DEMO_ADAPTER_DIR!r} for the embedded "
+        "demo, 'outputs/ina-finetune' with --base_model)",
     )
-    # adapter
-    inhibition: float = _option(
-        0.3, "InA inhibition ratio ρ in [0, 1); 0 is plain LoRA", ("--threshold_ratio_inhi",)
+    config: str = option(
+        "", "YAML or JSON file of options (these flags and any TrainingArguments field); flags override it"
     )
-    activation: str = _option(
-        "leaky_relu", "gate activation: leaky_relu (authors' code), gelu (paper) or identity"
+    # the adapter (names and help from AdapterArguments; alpaca-lora's defaults and the seed's alias)
+    inhibition: float = flags.redefault(
+        AdapterArguments, "inhibition", 0.3, aliases=("--threshold_ratio_inhi",)
     )
-    lora_r: int = _option(8, "adapter rank r")
-    lora_alpha: float = _option(16, "adapter scaling numerator (scale = lora_alpha / r)")
-    lora_dropout: float = _option(0.05, "dropout on the adapter's input")
-    lora_target_modules: str = _option(
+    activation: str = flags.redefault(AdapterArguments, "activation", "leaky_relu")
+    lora_r: int = flags.redefault(AdapterArguments, "lora_r", 8)
+    lora_alpha: float = flags.redefault(AdapterArguments, "lora_alpha", 16)
+    lora_dropout: float = flags.redefault(AdapterArguments, "lora_dropout", 0.05)
+    lora_target_modules: str = flags.redefault(
+        AdapterArguments,
+        "lora_target_modules",
         "q_proj,v_proj",
-        'modules to adapt: a JSON list (\'["q_proj","v_proj"]\') or a comma list; BLOOM: query_key_value',
+        help='modules to adapt: a JSON list (\'["q_proj","v_proj"]\') or a comma list; BLOOM: query_key_value',
     )
     # training (alpaca-lora's names)
-    batch_size: int = _option(128, "examples per optimizer step, over all processes")
-    micro_batch_size: int = _option(
+    batch_size: int = option(128, "examples per optimizer step, over all processes")
+    micro_batch_size: int = option(
         4, "examples per forward pass per process (gradient accumulation makes up the rest)"
     )
-    num_epochs: float = _option(3, "passes over the training data (a TrainingArguments --max_steps wins)")
-    learning_rate: float = _option(3e-4, "peak learning rate")
-    cutoff_len: int = _option(256, "tokens per example; longer examples are cut")
-    val_set_size: float = _option(
+    num_epochs: float = option(3, "passes over the training data (a TrainingArguments --max_steps wins)")
+    learning_rate: float = option(3e-4, "peak learning rate")
+    cutoff_len: int = option(256, "tokens per example; longer examples are cut")
+    val_set_size: float = option(
         2000, "validation examples held out: a count, or a fraction if < 1 (at most 20%% of the data is used)"
     )
-    train_on_inputs: bool = _option(
-        False, "also train on the prompt tokens (default: labels mask the prompt)"
+    train_on_inputs: bool = option(
+        False, "also train on the prompt tokens (otherwise the labels mask the prompt)"
     )
-    add_eos_token: bool = _option(True, "end each answer with the EOS token (chat templates add their own)")
-    group_by_length: bool = _option(
-        False, "batch examples of similar length (faster, odd-looking loss curve)"
-    )
-    resume_from_checkpoint: str = _option(
+    add_eos_token: bool = option(True, "end each answer with the EOS token (chat templates add their own)")
+    group_by_length: bool = option(False, "batch examples of similar length (faster, odd-looking loss curve)")
+    resume_from_checkpoint: str = option(
         "", "checkpoint folder to resume from, or 'last' for the newest checkpoint in --output_dir"
     )
-    prompt_template_name: str = _option(
+    prompt_template_name: str = option(
         "auto",
         "alpaca, alpaca_zh, chat (the tokenizer's chat template), a template .json file, or auto "
         "(chat for conversation data, else alpaca)",
     )
     # data handling
-    skip_bad_records: bool = _option(False, "train without malformed records (reported) instead of stopping")
-    max_records: int = _option(0, "use only the first N records (0: all); handy for quick runs")
+    skip_bad_records: bool = option(False, "train without malformed records (reported) instead of stopping")
+    max_records: int = option(0, "use only the first N records (0: all); handy for quick runs")
     # model loading
-    load_in_8bit: bool = _option(
+    load_in_8bit: bool = option(
         False, "load the base model 8-bit with bitsandbytes (QLoRA; needs a CUDA GPU)"
     )
-    load_in_4bit: bool = _option(
+    load_in_4bit: bool = option(
         False, "load the base model 4-bit NF4 with bitsandbytes (QLoRA; needs a CUDA GPU)"
     )
-    dtype: str = _option(
+    dtype: str = option(
         "auto",
         "weights dtype: auto (float32 on CPU, bfloat16 on GPUs that have it), float32, bfloat16, float16",
     )
-    trust_remote_code: bool = _option(
+    trust_remote_code: bool = option(
         False, "allow the model repository's own code (only for models you trust)"
     )
     # reporting
-    show_examples: int = _option(
+    show_examples: int = option(
         3, "held-out prompts answered by the base and the fine-tuned model at the end"
     )
-    example_max_new_tokens: int = _option(48, "tokens generated per example answer")
-    seed: int = _option(42, "random seed (data split, shuffling, adapter initialisation)")
+    example_max_new_tokens: int = option(48, "tokens generated per example answer")
+    seed: int = option(42, "random seed (data split, shuffling, adapter initialisation)")
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise FinetuneError("invalid options:\n" + "\n".join(f"  - {p}" for p in problems))
+        # one spelling from here on: the comma list the adapter builder reads
+        self.lora_target_modules = ",".join(self.target_modules())
 
     def target_modules(self) -> list[str]:
         """``lora_target_modules`` parsed from a JSON list or a comma list."""
-        text = self.lora_target_modules.strip()
+        text = (self.lora_target_modules or "").strip()
         if text.startswith("["):
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as error:
-                raise ValueError(
+                raise FinetuneError(
                     f"--lora_target_modules: not a JSON list ({error.msg}); got {text!r}. "
                     'Write \'["q_proj","v_proj"]\' or q_proj,v_proj'
                 ) from None
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"--lora_target_modules must list module names as strings; got {text!r}")
+                raise FinetuneError(f"--lora_target_modules must list module names as strings; got {text!r}")
             names = value
         else:
             names = [part.strip() for part in text.split(",")]
         names = [n for n in names if n]
         if not names:
-            raise ValueError(f"--lora_target_modules names no module; got {text!r}. Example: q_proj,v_proj")
+            raise FinetuneError(
+                f"--lora_target_modules names no module; got {text!r}. Example: q_proj,v_proj"
+            )
         return names
 
     def problems(self) -> list[str]:
-        """Every invalid value, one message each (empty when all is well)."""
+        """Every invalid value, one message each (empty when all is well), found before anything is loaded."""
         problems = []
+        # InAConfig checks ρ again when the adapter is built; this message names the seed's alias, before loading
         if not 0 <= self.inhibition < 1:
             problems.append(f"--inhibition (--threshold_ratio_inhi) must be in [0, 1); got {self.inhibition}")
         for name in ("lora_r", "batch_size", "micro_batch_size", "cutoff_len"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name} must be at least 1; got {getattr(self, name)}")
-        if self.batch_size % self.micro_batch_size:
+        if self.micro_batch_size >= 1 and self.batch_size % self.micro_batch_size:
             problems.append(
                 f"--batch_size ({self.batch_size}) must be a multiple of --micro_batch_size ({self.micro_batch_size})"
             )
@@ -140,13 +162,13 @@ class FinetuneArguments:
             )
         if self.load_in_8bit and self.load_in_4bit:
             problems.append("--load_in_8bit and --load_in_4bit exclude each other; choose one")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            problems.append(f"--dtype must be auto, float32, bfloat16 or float16; got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            problems.append(f"--dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if self.max_records < 0:
             problems.append(f"--max_records must be ≥ 0; got {self.max_records}")
         try:
             self.target_modules()
-        except ValueError as error:
+        except FinetuneError as error:
             problems.append(str(error))
         return problems
 
@@ -162,7 +184,7 @@ QUICK_DEFAULTS: dict[str, Any] = {
     "learning_rate": 2e-3,
     "lora_target_modules": "q_proj,k_proj,v_proj,o_proj",
     "example_max_new_tokens": 32,
-    "output_dir": "outputs/ina-finetune-smollm2",
+    "output_dir": DEMO_ADAPTER_DIR,
 }
 QUICK_TRAINING_DEFAULTS: dict[str, Any] = {
     "max_steps": 24,
@@ -170,8 +192,62 @@ QUICK_TRAINING_DEFAULTS: dict[str, Any] = {
     "eval_steps": 12,
     "save_steps": 12,
 }
+# Flags of AdapterArguments that `ina finetune` does not offer.
+HIDDEN = ("modules_to_save",)
 
 
 def fields() -> dict[str, dataclasses.Field]:
-    """FinetuneArguments' fields by name."""
-    return {f.name: f for f in dataclasses.fields(FinetuneArguments)}
+    """FinetuneArguments' command-line fields by name."""
+    return {f.name: f for f in dataclasses.fields(FinetuneArguments) if f.name not in HIDDEN}
+
+
+def resolve(given: dict[str, Any], extra: list[str]) -> tuple[FinetuneArguments, list[str]]:
+    """`FinetuneArguments` and Trainer tokens from the flags given on the command line (and ``--config``).
+
+    Priority, lowest first: defaults, quick defaults for the embedded model, the config file, the flags.
+    """
+    from ina.foundation.harness import errors_as
+
+    with errors_as(FinetuneError):
+        config: dict[str, Any] = {}
+        tokens = list(extra)
+        if given.get("config"):
+            config, rest = flags.split_values(
+                flags.read_config(given["config"], "--config"), FinetuneArguments
+            )
+            tokens = flags.to_argv(rest) + tokens
+        values = {**config, **given}
+        if not values.get("base_model"):
+            values = {**QUICK_DEFAULTS, **values}
+            quick = {k: v for k, v in QUICK_TRAINING_DEFAULTS.items() if not flags.flag_given(tokens, k)}
+            tokens = flags.to_argv(quick) + tokens
+        return flags.from_values(FinetuneArguments, values), tokens
+
+
+def training_arguments(finetune: FinetuneArguments, extra: list[str], world_size: int | None = None) -> Any:
+    """The `TrainingArguments`: values derived from ``finetune`` overridden by ``extra`` CLI tokens."""
+    from ina.foundation.harness import errors_as
+
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    derived: dict[str, Any] = {
+        "per_device_train_batch_size": finetune.micro_batch_size,
+        "per_device_eval_batch_size": finetune.micro_batch_size,
+        "gradient_accumulation_steps": max(1, finetune.batch_size // finetune.micro_batch_size // world),
+        "num_train_epochs": finetune.num_epochs,
+        "learning_rate": finetune.learning_rate,
+        "warmup_steps": 0.03,
+        "logging_steps": 10,
+        "eval_strategy": "steps",
+        "eval_steps": 200,
+        "save_strategy": "steps",
+        "save_steps": 200,
+        "save_total_limit": 3,
+        "seed": finetune.seed,
+        "report_to": "none",
+        "remove_unused_columns": False,
+        "logging_first_step": True,
+    }
+    if finetune.group_by_length:
+        derived["train_sampling_strategy"] = "group_by_length"
+    with errors_as(FinetuneError):
+        return flags.training_arguments(extra, finetune.output_dir, derived, command="ina finetune")

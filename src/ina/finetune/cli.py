@@ -7,18 +7,8 @@ import json
 import sys
 from typing import Any
 
-from ina.finetune.arguments import fields
-
-_TRUE = {"true", "1", "yes", "y", "on"}
-_FALSE = {"false", "0", "no", "n", "off"}
-
-
-def _boolean(text: str) -> bool:
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
+from ina.finetune.arguments import HIDDEN, FinetuneArguments
+from ina.foundation.arguments import add_arguments, given
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,27 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="instruction-tune a causal LM with an InA adapter (no arguments: the embedded SmolLM2 demo)",
         description=(
             "Instruction fine-tuning with InA on the Hugging Face Trainer. Any transformers.TrainingArguments "
-            "flag (--max_steps, --bf16, --gradient_checkpointing, --deepspeed, --fsdp, --report_to ...) is "
+            "flag (--max_steps, --bf16, --activation_checkpointing, --deepspeed, --fsdp, --report_to ...) is "
             "passed to the Trainer. With no --base_model, fine-tunes the embedded SmolLM2-135M-Instruct on the "
             "embedded English+Chinese data in a few minutes on a CPU."
         ),
     )
-    for name, field in fields().items():
-        flags = [f"--{name}", *field.metadata.get("aliases", ())]
-        help_text = f"{field.metadata['help']} (default: {field.default!r})"
-        if field.type in (bool, "bool"):
-            finetune.add_argument(
-                *flags,
-                dest=name,
-                type=_boolean,
-                nargs="?",
-                const=True,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        else:
-            kind = {"int": int, "float": float}.get(str(field.type), str)
-            finetune.add_argument(*flags, dest=name, type=kind, default=argparse.SUPPRESS, help=help_text)
+    first = ("base_model", "data_path", "output_dir", "config", "inhibition", "activation")
+    add_arguments(finetune, FinetuneArguments, exclude=HIDDEN, first=first)
     finetune.set_defaults(handler=_finetune, accepts_extra_args=True)
 
     generate = subparsers.add_parser(
@@ -99,11 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _finetune(args: argparse.Namespace, extra: list[str]) -> int:
     from ina.finetune.train import FinetuneError, finetune, resolve
 
-    own = set(fields())
-    given = {k: v for k, v in vars(args).items() if k in own}
     try:
-        finetune_args, tokens = resolve(given, extra)
-        finetune(finetune_args, tokens)
+        finetune_args, tokens = resolve(given(args, FinetuneArguments), extra)
+        finetune(finetune_args, tokens, log=print)
     except FinetuneError as error:
         print(f"ina finetune: error: {error}", file=sys.stderr)
         return 2
@@ -111,29 +85,19 @@ def _finetune(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import torch
-    from transformers import TextStreamer
-
     from ina.finetune.generate import (
-        BASE,
         generate_answers,
         load_for_generation,
-        parse_adapters,
+        option_problems,
         read_prompts,
         using_adapter,
     )
-    from ina.finetune.train import write_jsonl_atomic
+    from ina.foundation.adapters import BASE_ADAPTER, parse_adapter_specs
+    from ina.foundation.files import write_jsonl
 
-    problems = []
-    for name in ("max_new_tokens", "num_beams", "batch_size"):
-        if getattr(args, name) < 1:
-            problems.append(f"--{name} must be at least 1; got {getattr(args, name)}")
-    if args.temperature < 0:
-        problems.append(f"--temperature must be ≥ 0 (0 is greedy); got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        problems.append(f"--top_p must be in (0, 1]; got {args.top_p}")
+    problems = option_problems(args)
     try:
-        adapters = parse_adapters(args.adapter)
+        adapters = parse_adapter_specs(args.adapter)
         prompts = [(p, args.input) for p in args.prompt]
         if args.prompts_file:
             prompts += read_prompts(args.prompts_file)
@@ -153,21 +117,23 @@ def _generate(args: argparse.Namespace) -> int:
         "repetition_penalty": args.repetition_penalty,
     }
     if args.temperature > 0:
+        import torch
+
         torch.manual_seed(args.seed)
         options.update(do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
-    names = list(adapters) or [BASE]
+    names = list(adapters) or [BASE_ADAPTER]
     if args.compare_base and adapters:
-        names = [BASE, *names]
+        names = [BASE_ADAPTER, *names]
     stream = not args.no_stream and args.output is None and args.num_beams == 1
     rows = []
     for name in names:
         if stream:
+            from transformers import TextStreamer
+
             answers = []
             for prompt in prompts:
-                print(
-                    f"\n[{name if name != BASE else 'base'}] {prompt[0]}"
-                    + (f"\n{prompt[1]}" if prompt[1] else "")
-                )
+                label = name if name != BASE_ADAPTER else "base"
+                print(f"\n[{label}] {prompt[0]}" + (f"\n{prompt[1]}" if prompt[1] else ""))
                 streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
                 with using_adapter(model, name):
                     answers += generate_answers(
@@ -177,16 +143,12 @@ def _generate(args: argparse.Namespace) -> int:
             with using_adapter(model, name):
                 answers = generate_answers(model, tokenizer, template, prompts, **options)
         for (instruction, input_text), answer in zip(prompts, answers, strict=True):
+            adapter = name if name != BASE_ADAPTER else None
             rows.append(
-                {
-                    "adapter": name if name != BASE else None,
-                    "instruction": instruction,
-                    "input": input_text,
-                    "output": answer,
-                }
+                {"adapter": adapter, "instruction": instruction, "input": input_text, "output": answer}
             )
     if args.output:
-        write_jsonl_atomic(args.output, rows)
+        write_jsonl(args.output, rows)
         print(f"wrote {len(rows)} answers to {args.output}")
     elif not stream:
         for row in rows:

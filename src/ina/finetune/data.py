@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ina.foundation.errors import UsageError
 from ina.foundation.prompts import Conversation, PromptTemplate
 
 IGNORE_INDEX = -100
@@ -37,7 +38,7 @@ class BadRecord:
         return f"{self.location}: {self.problem}"
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """The data cannot be used as given; the message says where and how to fix it."""
 
 

@@ -1,11 +1,12 @@
 """Generation with a base model and InA adapters, formatting prompts with the template used in training.
 
-model, tokenizer, template = load_for_generation("path/to/base", {"sentiment": "outputs/ina-finetune"})
+model, tokenizer, template = load_for_generation("path/to/base", {"demo": DEMO_ADAPTER_DIR})
 answers = generate_answers(model, tokenizer, template, [("Is this review positive?", "Great film.")])
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -13,30 +14,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ina.foundation.adapters import BASE_ADAPTER
 from ina.foundation.prompts import PromptTemplate
 
-BASE = "__base__"  # adapter name meaning "no adapter", as in PEFT's mixed-batch API
 
-
-def parse_adapters(specs: list[str]) -> dict[str, str]:
-    """``--adapter NAME=PATH`` (or just ``PATH``: the folder's name is used) into ``{name: path}``."""
-    adapters: dict[str, str] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            path, name = spec, Path(spec.rstrip("/")).name or "adapter"
-        if not name or not path:
-            raise ValueError(f"--adapter must be NAME=PATH or PATH; got {spec!r}")
-        if name in adapters or name == BASE:
-            raise ValueError(
-                f"--adapter name {name!r} is used twice (or is reserved); give each adapter its own NAME="
-            )
-        if not (Path(path) / "adapter_config.json").is_file():
-            raise ValueError(
-                f"--adapter {spec!r}: {path!r} has no adapter_config.json (expected an adapter folder)"
-            )
-        adapters[name] = path
-    return adapters
+def option_problems(args: argparse.Namespace) -> list[str]:
+    """Every invalid `ina generate` sampling option, one message each."""
+    problems = []
+    for name in ("max_new_tokens", "num_beams", "batch_size"):
+        if getattr(args, name) < 1:
+            problems.append(f"--{name} must be at least 1; got {getattr(args, name)}")
+    if args.temperature < 0:
+        problems.append(f"--temperature must be ≥ 0 (0 is greedy); got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        problems.append(f"--top_p must be in (0, 1]; got {args.top_p}")
+    return problems
 
 
 def base_model_of(adapter_path: str | os.PathLike[str]) -> str | None:
@@ -46,7 +38,10 @@ def base_model_of(adapter_path: str | os.PathLike[str]) -> str | None:
 
 
 def load_for_generation(
-    base_model: str | None, adapters: dict[str, str], template_name: str | None = None, dtype: str = "auto"
+    base_model: str | None,
+    adapters: dict[str, Any],
+    template_name: str | None = None,
+    dtype: str = "auto",
 ) -> tuple[Any, Any, PromptTemplate]:
     """The model (a `PeftModel` when adapters are given), its tokenizer, and the prompt template.
 
@@ -54,26 +49,28 @@ def load_for_generation(
     template defaults to the one saved with the first adapter (``ina_prompt.json``), else ``chat`` when
     the tokenizer has a chat template, else ``alpaca``.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from ina import load_adapter
+    from ina.core.loading import load_adapter
+    from ina.foundation.harness import without_peft_deprecations
+    from ina.foundation.models import (
+        load_pretrained,
+        load_tokenizer,
+        resolve_base_model,
+        resolve_device,
+        resolve_dtype,
+    )
 
     first = next(iter(adapters.values()), None)
-    name = base_model or (base_model_of(first) if first else None)
-    if not name:
-        from ina.embedded.smollm import ensure_model
-
-        name = str(ensure_model())
-    torch_dtype = torch.float32 if dtype == "auto" and not torch.cuda.is_available() else dtype
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    for adapter_name, path in adapters.items():
-        model = load_adapter(model, path, adapter_name=adapter_name)
+    name = resolve_base_model(base_model or (base_model_of(first) if first else None) or "")
+    device = resolve_device()
+    tokenizer = load_tokenizer(name, "--base_model")
+    model = load_pretrained(
+        AutoModelForCausalLM, name, "--base_model", dtype=resolve_dtype(dtype, device)
+    ).to(device)
+    with without_peft_deprecations():
+        for adapter_name, path in adapters.items():
+            model = load_adapter(model, path, adapter_name=adapter_name)
     model.eval()
     template = None
     if template_name and template_name != "auto":
@@ -92,7 +89,7 @@ def using_adapter(model: Any, name: str) -> Iterator[None]:
 
     if not isinstance(model, PeftModel):
         yield
-    elif name == BASE:
+    elif name == BASE_ADAPTER:
         with model.disable_adapter():
             yield
     else:

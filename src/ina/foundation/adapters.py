@@ -81,7 +81,9 @@ def parse_adapter_spec(value: str, flag: str = "--adapter", bare_path: bool = Tr
         raise AdapterSpecError(
             f"{flag}: the name {name!r} is reserved for the base model; choose another NAME"
         )
-    if name in "lora_":  # PEFT finds adapter weights by the prefix "lora_"; such a name may reinitialise them
+    if "lora_".startswith(
+        name
+    ):  # PEFT finds adapter weights by the prefix "lora_"; such a name may reinitialise them
         raise AdapterSpecError(
             f"{flag}: the name {name!r} is part of PEFT's parameter prefix 'lora_'; choose another NAME (e.g. lora0)"
         )

@@ -118,12 +118,18 @@ def load_pretrained(auto_class: Any, name: str, flag: str = "--base_model", **kw
     """``auto_class.from_pretrained(name, **kwargs)`` without transformers' load report, errors naming ``flag``.
 
     The load report lists a freshly initialised task head as "MISSING" (an adapter's saved head
-    replaces it) and prints terminal escape codes; it is not shown.
+    replaces it) and prints terminal escape codes; it is not shown, nor is the progress bar when
+    stderr is not a terminal.
     """
+    import sys
+
     from transformers.utils import logging as transformers_logging
 
     verbosity = transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()
+    if not sys.stderr.isatty():
+        transformers_logging.disable_progress_bar()
     try:
         return auto_class.from_pretrained(name, **kwargs)
     except OSError as error:
@@ -133,3 +139,5 @@ def load_pretrained(auto_class: Any, name: str, flag: str = "--base_model", **kw
         ) from error
     finally:
         transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()

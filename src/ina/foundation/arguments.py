@@ -1,0 +1,305 @@
+"""Typed command-line arguments: dataclass fields as flags, config files, and the Trainer's arguments.
+
+A command declares its options once, as a dataclass whose fields carry ``help`` and ``aliases``
+metadata (the form `transformers.HfArgumentParser` reads). The flags are built from those fields
+without importing transformers, so ``--help`` answers at once; values are merged (defaults, a
+YAML/JSON ``--config`` file, the command line) and the dataclass is built through HfArgumentParser.
+Every ``--flag`` the command does not own goes to `transformers.TrainingArguments`::
+
+    @dataclass
+    class GlueArguments(AdapterArguments):
+        task_name: str = option("sst2", "GLUE task", aliases=("--task",))
+        lora_r: int = redefault(AdapterArguments, "lora_r", 4)
+
+    add_arguments(subparser, GlueArguments)                     # in the CLI's register()
+    ...                                                         # in the handler, given (namespace, extra):
+    config, config_rest = split_values(read_config(path), GlueArguments)
+    arguments = from_values(GlueArguments, {**config, **given(namespace, GlueArguments)})
+    training = training_arguments([*to_argv(config_rest), *extra], "outputs/glue", {"num_train_epochs": 10},
+                                  command="ina glue")
+
+This module imports no framework at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ina.foundation.errors import UsageError
+
+_TRUE = {"true", "1", "yes", "y", "on", "t"}
+_FALSE = {"false", "0", "no", "n", "off", "f"}
+
+# TrainingArguments names transformers deprecated (a FutureWarning each run) -> the current ones.
+# The old spellings stay accepted on our command lines and in config files.
+RENAMED_TRAINING_FLAGS: dict[str, str] = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
+
+
+def option(default: Any, help: str, aliases: Sequence[str] = ()) -> Any:
+    """A dataclass field with its flag's help text and extra spellings (``aliases``, e.g. ``("--data_dir",)``)."""
+    return dataclasses.field(default=default, metadata={"help": help, "aliases": tuple(aliases)})
+
+
+def redefault(
+    owner: type, name: str, default: Any, aliases: Sequence[str] = (), help: str | None = None
+) -> Any:
+    """Field ``name`` of dataclass ``owner`` with another default (and optionally aliases or help), for a subclass."""
+    original = {f.name: f for f in dataclasses.fields(owner)}[name]
+    metadata = dict(original.metadata)
+    metadata["aliases"] = (*metadata.get("aliases", ()), *aliases)
+    if help is not None:
+        metadata["help"] = help
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    types: dict[str, type] = {}
+    for f in dataclasses.fields(cls):
+        kind = hints.get(f.name, str)
+        members = [m for m in typing.get_args(kind) if m is not type(None)]
+        types[f.name] = members[0] if members else kind
+    return types
+
+
+def boolean(text: str) -> bool:
+    """``true``/``false`` (also yes/no, on/off, 1/0) as a bool, for flags that take an optional value."""
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    exclude: Iterable[str] = (),
+    first: Sequence[str] = (),
+) -> None:
+    """Add a flag for every field of dataclass ``cls`` (except ``exclude``), the fields in ``first`` first.
+
+    Types come from the annotations (bool flags take an optional ``true``/``false``); each flag's help
+    is the field's ``help`` followed by ``(default: ...)`` unless the help already says ``default:``.
+    Defaults are not put on the namespace (`argparse.SUPPRESS`), so `given` returns only what was typed.
+    """
+    types = _field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in set(exclude)}
+    order = [name for name in first if name in fields] + [name for name in fields if name not in first]
+    for name in order:
+        field = fields[name]
+        help_text = field.metadata.get("help", "")
+        if "default:" not in help_text:
+            help_text = f"{help_text} (default: {field.default!r})"
+        flags = [f"--{name}", *field.metadata.get("aliases", ())]
+        kind = types[name]
+        if kind is bool:
+            parser.add_argument(
+                *flags,
+                dest=name,
+                type=boolean,
+                nargs="?",
+                const=True,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            converter = kind if kind in (int, float) else str
+            parser.add_argument(*flags, dest=name, type=converter, default=argparse.SUPPRESS, help=help_text)
+
+
+def given(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The values of ``cls``' fields that were typed on the command line (see `add_arguments`)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {key: value for key, value in vars(namespace).items() if key in names}
+
+
+def read_config(path: str | os.PathLike[str], flag: str = "--config") -> dict[str, Any]:
+    """The ``option: value`` mapping of a YAML or JSON config file; errors name ``flag``."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{flag} {str(path)!r}: no such file")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix == ".json":
+            loaded = json.loads(text) if text.strip() else {}
+        else:
+            import yaml
+
+            loaded = yaml.safe_load(text) or {}
+    except (ValueError, ImportError) as error:  # json.JSONDecodeError and yaml.YAMLError are ValueErrors
+        raise UsageError(f"{flag} {str(path)!r}: cannot read it ({error})") from error
+    if not isinstance(loaded, dict):
+        raise UsageError(
+            f"{flag} {str(path)!r} must hold a mapping of option: value; got {type(loaded).__name__}"
+        )
+    return loaded
+
+
+def split_values(values: Mapping[str, Any], cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``values`` (e.g. a config file's) split into ``cls``' fields (aliases resolved) and everything else.
+
+    A list given for a text field becomes a comma list (``[q_proj, v_proj]`` -> ``"q_proj,v_proj"``).
+    """
+    types = _field_types(cls)
+    fields = dataclasses.fields(cls)
+    aliases = {alias.lstrip("-"): f.name for f in fields for alias in f.metadata.get("aliases", ())}
+    own: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for key, value in values.items():
+        name = aliases.get(key, key)
+        if name in types:
+            if types[name] is str and isinstance(value, (list, tuple)):
+                value = ",".join(map(str, value))
+            own[name] = value
+        else:
+            rest[key] = value
+    return own, rest
+
+
+def from_values(cls: type, values: Mapping[str, Any]) -> Any:
+    """An instance of dataclass ``cls`` from ``values`` (field names), built by `transformers.HfArgumentParser`."""
+    from transformers import HfArgumentParser
+
+    try:
+        (arguments,) = HfArgumentParser(cls).parse_dict(dict(values))
+    except ValueError as error:
+        if isinstance(error, UsageError):
+            raise
+        raise UsageError(str(error)) from error
+    return arguments
+
+
+def to_argv(values: Mapping[str, Any]) -> list[str]:
+    """``{"max_steps": 5, "label_names": ["a", "b"]}`` -> ``["--max_steps", "5", "--label_names", "a", "b"]``."""
+    argv: list[str] = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def flag_given(argv: Sequence[str], name: str) -> bool:
+    """Whether ``--name`` appears in ``argv`` (as ``--name v`` or ``--name=v``)."""
+    return any(token == f"--{name}" or token.startswith(f"--{name}=") for token in argv)
+
+
+def flag_value(argv: Sequence[str], name: str) -> str | None:
+    """The last value given to ``--name`` in ``argv`` (``--name v`` or ``--name=v``), or None."""
+    value = None
+    for index, token in enumerate(argv):
+        if token == f"--{name}" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif token.startswith(f"--{name}="):
+            value = token.split("=", 1)[1]
+    return value
+
+
+def _current_names(argv: Sequence[str]) -> list[str]:
+    renamed = []
+    for token in argv:
+        match = re.fullmatch(r"--([A-Za-z_-]+)(=.*)?", token)
+        name = match.group(1).replace("-", "_") if match else ""
+        if name in RENAMED_TRAINING_FLAGS:
+            token = f"--{RENAMED_TRAINING_FLAGS[name]}{match.group(2) or ''}"  # type: ignore[union-attr]
+        renamed.append(token)
+    return renamed
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _machine_defaults() -> dict[str, Any]:
+    defaults: dict[str, Any] = {}
+    if not sys.stderr.isatty():  # progress bars redraw with escape codes; a log file wants plain lines
+        defaults["disable_tqdm"] = True
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        defaults["ddp_find_unused_parameters"] = False
+        if not _cuda():
+            # accelerate only runs CPU processes as one data-parallel job when told they are CPU processes
+            defaults["ddp_backend"] = "gloo"
+            defaults["use_cpu"] = True
+    return defaults
+
+
+def training_arguments(
+    extra: Sequence[str],
+    output_dir: str,
+    defaults: Mapping[str, Any] | None = None,
+    command: str = "this command",
+) -> Any:
+    """`transformers.TrainingArguments` from ``extra`` (``--flag value`` tokens) over ``defaults``.
+
+    A default is used only when ``extra`` does not give that flag. Also: deprecated names are
+    translated (``--gradient_checkpointing`` -> ``--activation_checkpointing``); progress bars are off
+    when stderr is not a terminal; memory is pinned only for a GPU; CPU processes of a distributed run
+    use gloo; a DeepSpeed ZeRO-3 config that would save an empty adapter is refused. Raises
+    `UsageError` naming a flag that neither ``command`` nor TrainingArguments knows, or a bad value.
+    """
+    from transformers import HfArgumentParser, TrainingArguments
+
+    extra = _current_names(extra)
+    check_deepspeed_config(flag_value(extra, "deepspeed"))
+    values = {"output_dir": output_dir, **_machine_defaults(), **(defaults or {})}
+    argv = _current_names(to_argv({k: v for k, v in values.items() if not flag_given(extra, k)}))
+    parser = HfArgumentParser(TrainingArguments)
+    try:
+        (arguments, remaining) = parser.parse_args_into_dataclasses(
+            args=[*argv, *extra], return_remaining_strings=True
+        )
+    except SystemExit:  # argparse has printed which value it refused
+        raise UsageError(
+            f"invalid TrainingArguments flags among {list(extra)} (see the message above)"
+        ) from None
+    except ValueError as error:  # TrainingArguments' own consistency checks
+        raise UsageError(f"TrainingArguments: {error}") from error
+    if remaining:
+        raise UsageError(
+            f"unrecognized arguments: {' '.join(remaining)} (neither an `{command}` flag, see `{command} "
+            "--help`, nor a transformers.TrainingArguments field)"
+        )
+    if not flag_given(extra, "dataloader_pin_memory") and (arguments.use_cpu or not _cuda()):
+        arguments.dataloader_pin_memory = False  # pinning needs a GPU; on a CPU torch warns per data loader
+    return arguments
+
+
+def check_deepspeed_config(deepspeed: Any, flag: str = "--deepspeed") -> None:
+    """Refuse a ZeRO-3 config (file, JSON text or dict) that would save an empty adapter (weights not gathered)."""
+    if not deepspeed:
+        return
+    config = deepspeed
+    if isinstance(deepspeed, str) and deepspeed.lstrip().startswith("{"):
+        config = json.loads(deepspeed)
+    if not isinstance(config, dict):
+        path = Path(str(deepspeed))
+        if not path.is_file():
+            raise UsageError(f"{flag} {deepspeed!r}: no such DeepSpeed config file")
+        config = json.loads(path.read_text(encoding="utf-8"))
+    zero = config.get("zero_optimization", {})
+    if int(zero.get("stage", 0)) == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+        raise UsageError(
+            f"{flag} {deepspeed!r}: ZeRO stage 3 without `stage3_gather_16bit_weights_on_model_save: true` saves "
+            "an empty adapter (each process holds only a shard); set it to true under zero_optimization "
+            "(see examples/accelerate/ds_zero3.json)"
+        )
