@@ -10,8 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ina.bench.flags import add_flags, settings_from
 from ina.bench.settings import BenchSettings, ServeBenchSettings
+from ina.foundation.arguments import add_arguments, from_namespace
 from ina.foundation.errors import UsageError
 
 SERVE_DESCRIPTION = (
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "`ina bench serve --help`: the serving benchmark."
         ),
     )
-    add_flags(bench, BenchSettings, kebab_aliases=True)
+    add_arguments(bench, BenchSettings, given_only=False, kebab_aliases=True)
     bench.add_argument("--json", default=None, metavar="PATH", help="write the full report as JSON here")
     bench.set_defaults(handler=_bench)
     benchmarks = bench.add_subparsers(dest="benchmark", metavar="serve", title="the serving benchmark")
@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
-    add_flags(parser, ServeBenchSettings, required_groups={"server"})
+    add_arguments(parser, ServeBenchSettings, given_only=False, required_groups={"server"})
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
 
 
@@ -62,7 +62,7 @@ def _bench(args: argparse.Namespace) -> int:
     from ina.bench.report import format_table, write_report
     from ina.bench.training import run_bench
 
-    report = run_bench(settings_from(BenchSettings, args), log=_log)
+    report = run_bench(from_namespace(BenchSettings, args), log=_log)
     print(format_table(report))
     if args.json:
         write_report(report, args.json)
@@ -75,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ina.bench.serving import ServerStartError, run_serve_bench
 
     try:
-        report = run_serve_bench(settings_from(ServeBenchSettings, args), log=_log)
+        report = run_serve_bench(from_namespace(ServeBenchSettings, args), log=_log)
     except ServerStartError as error:
         _log(f"ina bench serve: {error}")
         return 1

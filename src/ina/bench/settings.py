@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ina.bench.flags import flag_of
+from ina.foundation.arguments import flag_of
 from ina.foundation.errors import UsageError
 
 VARIANTS: tuple[str, ...] = ("base", "lora", "ina-reference", "ina-fast")

@@ -29,8 +29,9 @@ import json
 import os
 import re
 import sys
+import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,16 +65,6 @@ def redefault(
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def _field_types(cls: type) -> dict[str, type]:
-    hints = typing.get_type_hints(cls)
-    types: dict[str, type] = {}
-    for f in dataclasses.fields(cls):
-        kind = hints.get(f.name, str)
-        members = [m for m in typing.get_args(kind) if m is not type(None)]
-        types[f.name] = members[0] if members else kind
-    return types
-
-
 def boolean(text: str) -> bool:
     """``true``/``false`` (also yes/no, on/off, 1/0) as a bool, for flags that take an optional value."""
     if text.lower() in _TRUE:
@@ -83,41 +74,99 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
 
 
+def _value_type(hint: Any) -> Any:
+    """``int | None`` → ``int``; other hints unchanged."""
+    members = [m for m in typing.get_args(hint) if m is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return members[0]
+    return hint
+
+
+def flag_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields of dataclass ``cls`` that are command-line flags (``metadata["flag"] = False`` is not)."""
+    return [f for f in dataclasses.fields(cls) if f.init and f.metadata.get("flag", True) is not False]
+
+
+def flag_of(cls: type, name: str) -> str:
+    """The primary flag of field ``name`` of ``cls`` (what error messages name)."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return str(field.metadata.get("flag") or f"--{name}")
+
+
+def _field_default(field: dataclasses.Field[Any]) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
+
+
 def add_arguments(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     cls: type,
     exclude: Iterable[str] = (),
     first: Sequence[str] = (),
+    *,
+    given_only: bool = True,
+    kebab_aliases: bool = False,
+    required_groups: Collection[str] = (),
 ) -> None:
-    """Add a flag for every field of dataclass ``cls`` (except ``exclude``), the fields in ``first`` first.
+    """Add a flag for every flag field of dataclass ``cls`` (except ``exclude``), the fields in ``first`` first.
 
-    Types come from the annotations (bool flags take an optional ``true``/``false``); each flag's help
-    is the field's ``help`` followed by ``(default: ...)`` unless the help already says ``default:``.
-    Defaults are not put on the namespace (`argparse.SUPPRESS`), so `given` returns only what was typed.
+    A field becomes ``--<name>`` (or ``metadata["flag"]``); its type and ``metadata["help"]`` become
+    the flag's. Other metadata: ``aliases`` (more spellings), ``choices``, ``metavar``, ``parse`` (text
+    to value), ``append`` (a repeatable flag for a list), ``exclusive`` (a mutually exclusive group's
+    name; those in ``required_groups`` need one flag). ``kebab_aliases`` also accepts ``--a-b``.
+
+    ``given_only`` (recipes, which merge config files): defaults stay off the namespace
+    (`argparse.SUPPRESS`, so `given` returns only what was typed), the help says ``(default: ...)``
+    and a bool flag takes an optional ``true``/``false``. Otherwise the field's default is the flag's
+    and a bool flag is a switch.
     """
-    types = _field_types(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in set(exclude)}
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in flag_fields(cls) if f.name not in set(exclude)}
     order = [name for name in first if name in fields] + [name for name in fields if name not in first]
+    groups: dict[str, Any] = {}
     for name in order:
-        field = fields[name]
-        help_text = field.metadata.get("help", "")
-        if "default:" not in help_text:
-            help_text = f"{help_text} (default: {field.default!r})"
-        flags = [f"--{name}", *field.metadata.get("aliases", ())]
-        kind = types[name]
-        if kind is bool:
-            parser.add_argument(
-                *flags,
-                dest=name,
-                type=boolean,
-                nargs="?",
-                const=True,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
+        field, meta = fields[name], fields[name].metadata
+        primary = flag_of(cls, name)
+        names = [primary, *meta.get("aliases", ())]
+        if kebab_aliases and "_" in primary:
+            names.append(primary.replace("_", "-"))
+        help_text = meta.get("help", "")
+        options: dict[str, Any] = {"dest": name}
+        options.update({key: meta[key] for key in ("choices", "metavar") if key in meta})
+        kind = _value_type(hints.get(name, str))
+        if given_only:
+            if "default:" not in help_text:
+                help_text = f"{help_text} (default: {field.default!r})"
+            options["default"] = argparse.SUPPRESS
         else:
-            converter = kind if kind in (int, float) else str
-            parser.add_argument(*flags, dest=name, type=converter, default=argparse.SUPPRESS, help=help_text)
+            options["default"] = _field_default(field)
+        if kind is bool:
+            options.update(type=boolean, nargs="?", const=True) if given_only else options.update(
+                action="store_true"
+            )
+        elif "parse" in meta:
+            options["type"] = meta["parse"]
+        elif typing.get_origin(kind) is list:
+            (options["type"],) = typing.get_args(kind) or (str,)
+            options.update(action="append") if meta.get("append") else options.update(nargs="+")
+        elif meta.get("append"):
+            options.update(action="append", default=[] if not given_only else argparse.SUPPRESS)
+        else:
+            options["type"] = kind if kind in (int, float) else str
+        target: Any = parser
+        if "exclusive" in meta:
+            if meta["exclusive"] not in groups:
+                groups[meta["exclusive"]] = parser.add_mutually_exclusive_group(
+                    required=meta["exclusive"] in required_groups
+                )
+            target = groups[meta["exclusive"]]
+        target.add_argument(*names, help=help_text, **options)
+
+
+def from_namespace(cls: type, namespace: argparse.Namespace) -> Any:
+    """An instance of ``cls`` from the flags `add_arguments` added with ``given_only=False``."""
+    return cls(**{f.name: getattr(namespace, f.name) for f in flag_fields(cls)})
 
 
 def given(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -153,15 +202,16 @@ def split_values(values: Mapping[str, Any], cls: type) -> tuple[dict[str, Any], 
 
     A list given for a text field becomes a comma list (``[q_proj, v_proj]`` -> ``"q_proj,v_proj"``).
     """
-    types = _field_types(cls)
+    hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)
+    kinds = {f.name: _value_type(hints.get(f.name, str)) for f in fields}
     aliases = {alias.lstrip("-"): f.name for f in fields for alias in f.metadata.get("aliases", ())}
     own: dict[str, Any] = {}
     rest: dict[str, Any] = {}
     for key, value in values.items():
         name = aliases.get(key, key)
-        if name in types:
-            if types[name] is str and isinstance(value, (list, tuple)):
+        if name in kinds:
+            if kinds[name] is str and isinstance(value, (list, tuple)):
                 value = ",".join(map(str, value))
             own[name] = value
         else:

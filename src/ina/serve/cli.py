@@ -8,12 +8,10 @@ command runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import typing
 from pathlib import Path
-from typing import Any
 
+from ina.foundation.arguments import add_arguments, flag_fields
 from ina.serve.settings import ServeSettings
 
 
@@ -29,30 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "`ina finetune` wrote to its default output folder, if there is one."
         ),
     )
-    add_settings_flags(serve, ServeSettings)
+    add_arguments(serve, ServeSettings, given_only=False)
     serve.set_defaults(handler=_serve)
-
-
-def settings_flags(settings: type[Any]) -> list[dataclasses.Field]:  # type: ignore[type-arg]
-    """The fields of the dataclass ``settings`` that are command-line flags."""
-    return [f for f in dataclasses.fields(settings) if f.metadata.get("flag", True) is not False]
-
-
-def add_settings_flags(parser: argparse.ArgumentParser, settings: type[Any]) -> None:
-    """One ``--name`` flag per field of the dataclass ``settings`` (see `ina.serve.settings`)."""
-    hints = typing.get_type_hints(settings)
-    for field in settings_flags(settings):
-        meta = field.metadata
-        kwargs: dict[str, Any] = {"dest": field.name, "help": meta.get("help")}
-        if meta.get("append"):
-            kwargs.update(action="append", default=[])
-        else:
-            kind = next(
-                t for t in typing.get_args(hints[field.name]) or (hints[field.name],) if t is not type(None)
-            )
-            kwargs.update(type=None if kind is str else kind, default=field.default)
-        kwargs.update({key: meta[key] for key in ("metavar", "choices") if key in meta})
-        parser.add_argument(meta.get("flag") or f"--{field.name}", **kwargs)
 
 
 def default_adapters() -> dict[str, str]:
@@ -78,7 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(max(1, args.num_threads))
-    values = {field.name: getattr(args, field.name) for field in settings_flags(ServeSettings)}
+    values = {field.name: getattr(args, field.name) for field in flag_fields(ServeSettings)}
     if values["base_model"] is None:
         from ina.embedded.smollm import MODEL_NAME, ensure_model
 
