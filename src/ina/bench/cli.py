@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 
 from ina.bench.settings import BenchSettings, ServeBenchSettings
 from ina.foundation.arguments import add_arguments, from_namespace
-from ina.foundation.errors import UsageError
 
 SERVE_DESCRIPTION = (
     "Benchmark `ina serve`: requests/s and time to first token for 1, 8 and 32 concurrent streaming clients. "
@@ -83,15 +81,3 @@ def _serve(args: argparse.Namespace) -> int:
     if args.json:
         write_report(report["rows"], args.json)
     return 0
-
-
-def serve_main(argv: Sequence[str] | None = None) -> int:
-    """`python -m ina.bench.serving`: the serving benchmark on its own; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m ina.bench.serving", description=SERVE_DESCRIPTION)
-    _add_serve_flags(parser)
-    args = parser.parse_args(argv)
-    try:
-        return _serve(args)
-    except UsageError as error:
-        _log(f"{parser.prog}: {error}")
-        return 2

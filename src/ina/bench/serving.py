@@ -211,9 +211,3 @@ def run_serve_bench(
         "requests_per_client": settings.requests_per_client,
         "rows": rows,
     }
-
-
-if __name__ == "__main__":
-    from ina.bench.cli import serve_main
-
-    sys.exit(serve_main())

@@ -18,6 +18,8 @@ from functools import lru_cache
 
 from ina.embedded import fetch_package_file
 
+#: The name `ina glue --dataset_name` gives this data (the offline default of `ina glue` and `ina sweep`).
+DATASET_NAME = "vader-movie-reviews"
 REQUIREMENT = "vaderSentiment==3.3.2"
 INNER_ARCHIVE = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 MOVIE_FILE = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"

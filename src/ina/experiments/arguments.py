@@ -14,8 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from ina.embedded.vader import DATASET_NAME as VADER_DATASET
 from ina.experiments.common import ExperimentError
-from ina.experiments.glue_data import VADER_DATASET
 from ina.foundation.adapters import AdapterArguments
 from ina.foundation.arguments import (
     add_arguments,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ina.embedded.vader import DATASET_NAME as VADER_DATASET
 from ina.experiments import metrics
 from ina.experiments.arguments import GlueArguments
 from ina.experiments.common import (
@@ -22,7 +23,7 @@ from ina.experiments.common import (
     timing_fields,
     uses_torch_threads,
 )
-from ina.experiments.glue_data import VADER_DATASET, GlueTask, encode, load_splits, resolve
+from ina.experiments.glue_data import GlueTask, encode, load_splits, resolve
 from ina.foundation import harness
 from ina.foundation.adapters import inhibition_config
 from ina.foundation.models import load_pretrained

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ina.embedded.vader import DATASET_NAME as VADER_DATASET
 from ina.experiments.common import ExperimentError
 
 if TYPE_CHECKING:
@@ -82,7 +83,6 @@ TSV_FILES: dict[str, str] = {
     "validation_mismatched": "dev_mismatched.tsv",
 }
 STSB_RANGE = (0.0, 5.0)
-VADER_DATASET = "vader-movie-reviews"
 
 
 def get_task(name: str) -> GlueTask:
