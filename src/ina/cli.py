@@ -12,6 +12,7 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ina.foundation.errors import UsageError
 
@@ -54,6 +55,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Commands:
+    """The subparsers action handed to a room's ``register``: each command's one-line help comes from `COMMANDS`."""
+
+    def __init__(self, action: argparse._SubParsersAction) -> None:
+        self._action = action
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("help", COMMANDS[name][1])
+        return self._action.add_parser(name, **kwargs)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `ina` parser: every command listed; the parser of ``command`` (its room's commands) built in full."""
     from ina import __version__
@@ -67,7 +79,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     room = COMMANDS[command][0] if command in COMMANDS else None
     if room is not None:
         module = sys.modules[__name__] if room == __name__ else importlib.import_module(room)
-        module.register(subparsers)
+        module.register(_Commands(subparsers))
     for name, (owner, help_text) in COMMANDS.items():
         if owner != room:
             subparsers.add_parser(name, help=help_text)
@@ -84,17 +96,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _register_adapter_files(subparsers: argparse._SubParsersAction) -> None:
     """`ina convert` and `ina info`: adapter files on the command line."""
-    convert = subparsers.add_parser(
-        "convert",
-        help="rewrite an adapter (the authors' LORA+lora_inhibition format, or plain LoRA) as an InA adapter",
-    )
+    convert = subparsers.add_parser("convert")
     convert.add_argument("src", help="folder with adapter_config.json and adapter_model.safetensors")
     convert.add_argument("dst", help="new folder to write (must not exist)")
     convert.set_defaults(handler=_convert)
 
-    info = subparsers.add_parser(
-        "info", help="print how ina reads an adapter folder (format, ρ, rank, targets)"
-    )
+    info = subparsers.add_parser("info")
     info.add_argument("path")
     info.set_defaults(handler=_info)
 

@@ -29,7 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser(
         "bench",
         allow_abbrev=False,
-        help="time training steps (and decoding) of the frozen base, PEFT LoRA and InA (reference and fast path)",
         description=(
             "Times forward + backward + AdamW steps of the frozen base, PEFT LoRA, InA on the reference path and "
             "InA on the fused path, on the same model, data and settings in one process; variants alternate "

@@ -20,18 +20,16 @@ from ina.foundation.errors import UsageError
 CONFIG_NOTE = (
     " A YAML or JSON file of these options (and TrainingArguments fields) may come first: ina {} run.yaml."
 )
-# Command -> (one-line help, description); every flag not listed in --help goes to TrainingArguments.
-EXPERIMENT_TEXTS = {
+# Command -> description; every flag not listed in --help goes to TrainingArguments.
+EXPERIMENT_TEXTS: dict[str, str] = {
     "glue": (
-        "fine-tune an InA adapter on a GLUE task (offline default: MiniLM on vader movie reviews)",
         "Sequence classification (STS-B: regression) with an InA adapter and the HF Trainer, flags as in Hugging "
         "Face's run_glue.py. Any transformers.TrainingArguments flag (e.g. --num_train_epochs 3 --seed 1) is "
-        "passed through.",
+        "passed through."
     ),
     "squad": (
-        "fine-tune an InA adapter for extractive QA on SQuAD v1/v2 JSON (offline default: a synthetic set)",
         "Extractive question answering with an InA adapter and the HF Trainer, flags as in Hugging Face's "
-        "run_qa.py; official SQuAD v2 exact match and F1. Any TrainingArguments flag is passed through.",
+        "run_qa.py; official SQuAD v2 exact match and F1. Any TrainingArguments flag is passed through."
     ),
 }
 
@@ -39,11 +37,10 @@ EXPERIMENT_TEXTS = {
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the experiment subcommands to the `ina` parser."""
     # allow_abbrev=False: flags pass through to TrainingArguments, so --seed must not be read as --seeds
-    for experiment, (help_text, description) in EXPERIMENT_TEXTS.items():
+    for experiment, description in EXPERIMENT_TEXTS.items():
         parser = subparsers.add_parser(
             experiment,
             allow_abbrev=False,
-            help=help_text,
             description=description + CONFIG_NOTE.format(experiment),
         )
         add_options(parser, experiment)
@@ -52,7 +49,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep = subparsers.add_parser(
         "sweep",
         allow_abbrev=False,
-        help="run glue or squad over inhibition ratios × seeds; writes results.csv/.md/.png (resumable)",
         description="Every other flag goes to the experiment (e.g. --task_name rte --model_name_or_path M). Finished "
         "runs (runs/NAME/result.json) are skipped, so an interrupted sweep continues where it stopped.",
     )

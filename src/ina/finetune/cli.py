@@ -16,7 +16,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     finetune = subparsers.add_parser(
         "finetune",
         allow_abbrev=False,
-        help="instruction-tune a causal LM with an InA adapter (no arguments: the embedded SmolLM2 demo)",
         description=(
             "Instruction fine-tuning with InA on the Hugging Face Trainer. Any transformers.TrainingArguments "
             "flag (--max_steps, --bf16, --activation_checkpointing, --deepspeed, --fsdp, --report_to ...) is "
@@ -30,7 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     generate = subparsers.add_parser(
         "generate",
-        help="generate with a base model and InA adapters, using the prompt template the adapter was trained with",
     )
     generate.add_argument("prompt", nargs="*", help="instruction(s) to answer (or use --prompts_file)")
     generate.add_argument(

@@ -19,7 +19,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `ina serve` to the `ina` parser."""
     serve = subparsers.add_parser(
         "serve",
-        help="serve a base model and InA adapters: OpenAI-compatible API (/v1/...) and a web UI (/)",
         description=(
             "Serve one base model and any number of adapters (InA, the authors' format or LoRA) from one "
             "process. Each adapter is a model id; concurrent requests for different adapters share batches. "

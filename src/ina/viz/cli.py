@@ -20,7 +20,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `ina viz` and its three subcommands to the `ina` parser."""
     viz = subparsers.add_parser(
         "viz",
-        help="pictures of InA: attention maps, what the gate inhibits, loss curves",
         description="Pictures of what InA adapters do, computed on the unmerged model.",
     )
     commands = viz.add_subparsers(dest="viz_command", metavar="VIZ_COMMAND")
