@@ -347,7 +347,7 @@ def test_gradient_checkpointing_recomputes_the_same_dropout_masks(reentrant):
         torch.manual_seed(0)
         model = _peft_model(dropout=0.2).train()
         if checkpoint:
-            model.base_model.model.gradient_checkpointing_enable({"use_reentrant": reentrant})
+            model.base_model.model.activation_checkpointing_enable({"use_reentrant": reentrant})
             model.base_model.model.enable_input_require_grads()
         if not (checkpoint and reentrant):  # reentrant checkpointing runs the forward pass without grad
             assert _fused_calls(model, ids) == 2 * 7

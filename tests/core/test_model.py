@@ -256,7 +256,7 @@ def test_gradient_checkpointing_reentrant_and_not():
     grads = {}
     for reentrant in (None, True, False):
         if reentrant is not None:
-            model.base_model.model.gradient_checkpointing_enable({"use_reentrant": reentrant})
+            model.base_model.model.activation_checkpointing_enable({"use_reentrant": reentrant})
             model.enable_input_require_grads()
         model.zero_grad()
         model(input_ids=IDS, labels=IDS).loss.backward()
