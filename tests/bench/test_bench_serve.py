@@ -40,3 +40,14 @@ def test_a_server_that_exits_is_reported_with_its_output(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     with pytest.raises(ServerStartError, match=r"exited with code 3[^\n]*\n.*could not load"):
         wait_for_health("http://127.0.0.1:9", process, log, timeout=60)
+
+
+def test_an_unreachable_url_is_one_line_naming_the_flag(capsys):
+    import socket
+
+    with socket.socket() as unused:  # a loopback port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    assert main(["bench", "serve", "--url", f"http://127.0.0.1:{port}", "--concurrency", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--url" in err and "no server answers there" in err

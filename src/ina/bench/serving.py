@@ -4,7 +4,7 @@
     ina bench serve --base_model PATH --adapter a=DIR --adapter b=DIR
     ina bench serve --url http://127.0.0.1:8000  # a server that is already running
 
-(``python -m ina.bench.serving`` takes the same flags.) Without ``--url`` the benchmark starts
+Without ``--url`` the benchmark starts
 ``ina serve`` as a child process on a free loopback port and stops it at the end. Each client sends
 ``--requests_per_client`` streaming chat requests one after another, cycling through the served
 models (so batches mix adapters). Not a test: numbers depend on the machine and its load.
@@ -28,6 +28,7 @@ from typing import Any
 
 from ina.bench.settings import ServeBenchSettings
 from ina.foundation.adapters import parse_adapter_specs
+from ina.foundation.errors import UsageError
 from ina.testing import tiny_files
 
 PROMPTS = [
@@ -179,11 +180,34 @@ def serve_process(
                 process.wait()
 
 
+def served_models(url: str, headers: dict[str, str]) -> list[str]:
+    """The model ids ``GET {url}/v1/models`` lists; `UsageError` naming --url or --api_key when that fails."""
+    import httpx
+
+    try:
+        reply = httpx.get(f"{url}/v1/models", headers=headers, timeout=30)
+    except httpx.TransportError as error:
+        raise UsageError(
+            f"--url {url!r}: no server answers there ({type(error).__name__}: {error}); start `ina serve` first, "
+            "or drop --url to let the benchmark start one"
+        ) from None
+    if reply.status_code == 401:
+        raise UsageError(
+            f"--api_key: {url} refused the key (HTTP 401); give the key `ina serve` was started with"
+        )
+    try:
+        return [model["id"] for model in reply.json()["data"]]
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(
+            f"--url {url!r}: GET /v1/models answered HTTP {reply.status_code} without a model list; "
+            "is it an `ina serve` (or OpenAI-compatible) server?"
+        ) from None
+
+
 def run_serve_bench(
     settings: ServeBenchSettings, log: Callable[[str], None] = lambda line: None
 ) -> dict[str, Any]:
     """Measure every ``settings.concurrency`` level; returns the served models and one row per level."""
-    import httpx
 
     with contextlib.ExitStack() as stack:
         url = settings.url
@@ -197,7 +221,7 @@ def run_serve_bench(
             url = stack.enter_context(serve_process(base, adapters, settings, scratch / "serve.log", log))
         url = url.rstrip("/")
         headers = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-        models = [m["id"] for m in httpx.get(f"{url}/v1/models", headers=headers).json()["data"]]
+        models = served_models(url, headers)
         asyncio.run(run_level(url, models, 1, 1, 4, settings.api_key))  # warm-up
         rows = [
             asyncio.run(
