@@ -52,7 +52,7 @@ def load_for_generation(
     from transformers import AutoModelForCausalLM
 
     from ina.core.loading import load_adapter
-    from ina.foundation.harness import without_peft_deprecations
+    from ina.core.registry import without_peft_deprecations
     from ina.foundation.models import (
         load_pretrained,
         load_tokenizer,

@@ -26,7 +26,6 @@ import hashlib
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +52,6 @@ __all__ = [
     "trainable_parameters",
     "training_arguments",
     "verify_adapter_files",
-    "without_peft_deprecations",
 ]
 
 RESULT_FILE = "result.json"
@@ -75,22 +73,11 @@ def errors_as(kind: type[UsageError]) -> Iterator[None]:
         raise kind(str(error)) from error
 
 
-@contextlib.contextmanager
-def without_peft_deprecations() -> Iterator[None]:
-    """Run the block without the FutureWarning PEFT causes by reading transformers' `is_gradient_checkpointing`.
-
-    PEFT 0.21 reads the deprecated property whenever it wraps a model; the warning is not ours to fix.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=".*`is_gradient_checkpointing` is deprecated", category=FutureWarning
-        )
-        yield
-
-
 def peft_model(model: Any, config: Any, adapter_name: str = "default", **kwargs: Any) -> Any:
     """``peft.get_peft_model(model, config, ...)``, without PEFT's deprecation noise."""
     from peft import get_peft_model
+
+    from ina.core.registry import without_peft_deprecations
 
     with without_peft_deprecations():
         return get_peft_model(model, config, adapter_name=adapter_name, **kwargs)
@@ -153,6 +140,8 @@ class TrainingRun:
 def train(trainer: Any, resume: str | bool | None = None) -> TrainingRun:
     """``trainer.train(resume_from_checkpoint=resume)``, timed (see `resume_target` for ``resume``)."""
     started, cpu_started = time.perf_counter(), time.process_time()
+    from ina.core.registry import without_peft_deprecations
+
     with without_peft_deprecations():
         output = trainer.train(resume_from_checkpoint=resume)
     return TrainingRun(output, time.perf_counter() - started, time.process_time() - cpu_started)
