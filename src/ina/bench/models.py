@@ -10,6 +10,7 @@ from torch import nn
 
 from ina.bench.settings import PRESETS, TARGETS, BenchSettings
 from ina.core.config import InAConfig
+from ina.foundation.models import load_pretrained
 
 
 def build_model(settings: BenchSettings, device: torch.device, dtype: torch.dtype) -> nn.Module:
@@ -17,7 +18,7 @@ def build_model(settings: BenchSettings, device: torch.device, dtype: torch.dtyp
     import transformers
 
     if settings.model is not None:
-        model = transformers.AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype)
+        model = load_pretrained(transformers.AutoModelForCausalLM, settings.model, "--model", dtype=dtype)
         return model.to(device)
     config = transformers.LlamaConfig(
         **PRESETS[settings.preset or "tiny"],

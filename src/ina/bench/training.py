@@ -1,6 +1,6 @@
 """Time training steps (and decoding) of a frozen base, PEFT LoRA and InA on one model, in one process.
 
-Every variant (see :mod:`ina.bench.harness`) runs on the same model object, the same batch and the
+Every variant (see :mod:`ina.bench.variants`) runs on the same model object, the same batch and the
 same settings. A training step is forward + backward + AdamW step + ``zero_grad`` (the base has no
 trainable parameters, so it runs forward + backward only; the embeddings' output requires grad in
 every variant, so the backward pass always runs through the whole network). Variants alternate every
@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from ina.bench.harness import Bench
 from ina.bench.models import describe_device
 from ina.bench.report import Spread, VariantResult, make_report
 from ina.bench.settings import VARIANTS, BenchSettings
-from ina.foundation.models import resolve_device
+from ina.bench.variants import Bench
+from ina.foundation.models import resolve_device, torch_threads
 
 
 def _rotated(names: list[str], round_index: int) -> list[str]:
@@ -37,16 +37,11 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda line:
     Sets torch's CPU threads for the run (see ``BenchSettings.threads``) and restores them afterwards.
     """
     settings.validate()  # again: the fields may have changed since construction
-    previous_threads = torch.get_num_threads()
     threads = settings.threads
     if threads is None and resolve_device(settings.device).type == "cpu":
         threads = 1  # see BenchSettings.threads
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run(settings, log)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run(settings: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from ina.foundation.errors import UsageError
+from ina.foundation.models import torch_threads
 
 # The authors' recipe (REFERENCE.md §4) for the Trainer; a flag or config value wins over each.
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -33,20 +33,6 @@ Recipe = Callable[[Arguments, list[str]], dict[str, Any]]
 
 class ExperimentError(UsageError):
     """Bad input for an experiment, found before any training; the message names the flag and the fix."""
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """Run the block with ``count`` torch CPU threads (``None``: unchanged), restoring the previous count."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def uses_torch_threads(recipe: Recipe[Arguments]) -> Callable[[Arguments, Sequence[str]], dict[str, Any]]:

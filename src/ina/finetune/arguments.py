@@ -49,14 +49,10 @@ class FinetuneArguments(AdapterArguments):
     config: str = option(
         "", "YAML or JSON file of options (these flags and any TrainingArguments field); flags override it"
     )
-    # the adapter (names and help from AdapterArguments; alpaca-lora's defaults and the seed's alias)
+    # the adapter: AdapterArguments (alpaca-lora's defaults), plus the seed's alias and LLaMA's targets
     inhibition: float = flags.redefault(
         AdapterArguments, "inhibition", 0.3, aliases=("--threshold_ratio_inhi",)
     )
-    activation: str = flags.redefault(AdapterArguments, "activation", "leaky_relu")
-    lora_r: int = flags.redefault(AdapterArguments, "lora_r", 8)
-    lora_alpha: float = flags.redefault(AdapterArguments, "lora_alpha", 16)
-    lora_dropout: float = flags.redefault(AdapterArguments, "lora_dropout", 0.05)
     lora_target_modules: str = flags.redefault(
         AdapterArguments,
         "lora_target_modules",

@@ -27,9 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_arguments(finetune, FinetuneArguments, exclude=HIDDEN, first=first)
     finetune.set_defaults(handler=_finetune, accepts_extra_args=True)
 
-    generate = subparsers.add_parser(
-        "generate",
-    )
+    generate = subparsers.add_parser("generate")
     generate.add_argument("prompt", nargs="*", help="instruction(s) to answer (or use --prompts_file)")
     generate.add_argument(
         "--base_model", default=None, help="default: the base recorded in the first adapter"

@@ -49,29 +49,11 @@ def load_for_generation(
     template defaults to the one saved with the first adapter (``ina_prompt.json``), else ``chat`` when
     the tokenizer has a chat template, else ``alpaca``.
     """
-    from transformers import AutoModelForCausalLM
-
-    from ina.core.loading import load_adapter
-    from ina.core.registry import without_peft_deprecations
-    from ina.foundation.models import (
-        load_pretrained,
-        load_tokenizer,
-        resolve_base_model,
-        resolve_device,
-        resolve_dtype,
-    )
+    from ina.foundation.models import load_with_adapters, resolve_base_model
 
     first = next(iter(adapters.values()), None)
     name = resolve_base_model(base_model or (base_model_of(first) if first else None) or "")
-    device = resolve_device()
-    tokenizer = load_tokenizer(name, "--base_model")
-    model = load_pretrained(
-        AutoModelForCausalLM, name, "--base_model", dtype=resolve_dtype(dtype, device)
-    ).to(device)
-    with without_peft_deprecations():
-        for adapter_name, path in adapters.items():
-            model = load_adapter(model, path, adapter_name=adapter_name)
-    model.eval()
+    model, tokenizer = load_with_adapters(name, adapters, dtype=dtype)
     template = None
     if template_name and template_name != "auto":
         template = PromptTemplate.load(template_name)

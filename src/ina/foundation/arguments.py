@@ -112,7 +112,8 @@ def add_arguments(
     """Add a flag for every flag field of dataclass ``cls`` (except ``exclude``), the fields in ``first`` first.
 
     A field becomes ``--<name>`` (or ``metadata["flag"]``); its type and ``metadata["help"]`` become
-    the flag's. Other metadata: ``aliases`` (more spellings), ``choices``, ``metavar``, ``parse`` (text
+    the flag's (a ``Literal`` type gives its values as choices). Other metadata: ``aliases`` (more
+    spellings), ``choices``, ``metavar``, ``parse`` (text
     to value), ``append`` (a repeatable flag for a list), ``exclusive`` (a mutually exclusive group's
     name; those in ``required_groups`` need one flag). ``kebab_aliases`` also accepts ``--a-b``.
 
@@ -135,6 +136,9 @@ def add_arguments(
         options: dict[str, Any] = {"dest": name}
         options.update({key: meta[key] for key in ("choices", "metavar") if key in meta})
         kind = _value_type(hints.get(name, str))
+        if typing.get_origin(kind) is typing.Literal:
+            options.setdefault("choices", typing.get_args(kind))
+            kind = str
         if given_only:
             if "default:" not in help_text:
                 help_text = f"{help_text} (default: {field.default!r})"

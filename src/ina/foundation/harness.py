@@ -139,9 +139,9 @@ class TrainingRun:
 
 def train(trainer: Any, resume: str | bool | None = None) -> TrainingRun:
     """``trainer.train(resume_from_checkpoint=resume)``, timed (see `resume_target` for ``resume``)."""
-    started, cpu_started = time.perf_counter(), time.process_time()
     from ina.core.registry import without_peft_deprecations
 
+    started, cpu_started = time.perf_counter(), time.process_time()
     with without_peft_deprecations():
         output = trainer.train(resume_from_checkpoint=resume)
     return TrainingRun(output, time.perf_counter() - started, time.process_time() - cpu_started)

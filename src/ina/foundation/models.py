@@ -1,4 +1,4 @@
-"""Base models and tokenizers: one device rule, one ``dtype="auto"`` rule, one tokenizer loader.
+"""Base models and tokenizers: one device rule, one ``dtype="auto"`` rule, one tokenizer loader, CPU threads.
 
 ``dtype="auto"`` means float32 on a CPU and bfloat16 on a GPU that supports it (float32 otherwise),
 for every command. ``minilm`` and ``smollm`` name the embedded offline defaults (`ina.embedded`).
@@ -6,7 +6,9 @@ for every command. ``minilm`` and ``smollm`` name the embedded offline defaults 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ina.foundation.errors import UsageError
@@ -27,6 +29,20 @@ def resolve_device(setting: str = "auto") -> Any:
         return torch.device(setting)
     except (RuntimeError, ValueError) as error:
         raise UsageError(f"--device must be auto, cpu, cuda or cuda:N; got {setting!r}") from error
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` torch CPU threads (``None``: unchanged), restoring the previous count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def resolve_dtype(setting: str = "auto", device: Any = None, flag: str = "--dtype") -> Any:
@@ -141,3 +157,37 @@ def load_pretrained(auto_class: Any, name: str, flag: str = "--base_model", **kw
         transformers_logging.set_verbosity(verbosity)
         if bars:
             transformers_logging.enable_progress_bar()
+
+
+def load_with_adapters(
+    name: str,
+    adapters: Mapping[str, str | os.PathLike[str]],
+    auto_class: Any = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    pad: bool = True,
+    flag: str = "--base_model",
+    **kwargs: Any,
+) -> tuple[Any, Any]:
+    """Base model ``name`` (``auto_class``, default a causal LM) with each adapter of ``adapters`` loaded
+    unmerged under its name, on its device in eval mode; and its tokenizer (see `load_tokenizer`).
+
+    Adapters may be InA, the authors' format or plain LoRA (`ina.core.loading.load_adapter`). An adapter
+    that does not fit the model raises a `UsageError` naming it and ``flag``.
+    """
+    from ina.core.loading import load_adapter
+
+    if auto_class is None:
+        from transformers import AutoModelForCausalLM as auto_class
+    target = resolve_device(device)
+    model = load_pretrained(auto_class, name, flag, dtype=resolve_dtype(dtype, target), **kwargs)
+    tokenizer = load_tokenizer(name, flag, pad=pad)
+    for adapter, path in adapters.items():
+        try:
+            model = load_adapter(model, path, adapter_name=adapter)
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise UsageError(
+                f"--adapter {adapter}={path}: cannot load it onto {flag} {name!r}; was it trained on another "
+                f"base model? ({error})"
+            ) from error
+    return model.to(target).eval(), tokenizer

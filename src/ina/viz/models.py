@@ -79,16 +79,10 @@ def load_models(
     follows the adapters' ``task_type`` (causal LM, sequence classification, ...), so that the saved
     tensor names match; without adapters the bare model (`AutoModel`: the same attention).
     """
-    import ina
-    from ina.foundation.models import (
-        load_pretrained,
-        load_tokenizer,
-        resolve_base_model,
-        resolve_device,
-        resolve_dtype,
-    )
+    from ina.core.loading import read_adapter_config
+    from ina.foundation.models import load_with_adapters, resolve_base_model
 
-    configs = [ina.read_adapter_config(path) for path in adapters.values()]
+    configs = [read_adapter_config(path) for path in adapters.values()]
     task_types = {str(c.task_type) if c.task_type else None for c in configs}
     if len(task_types) > 1:
         raise UsageError(
@@ -96,27 +90,17 @@ def load_models(
             f"{sorted(map(str, task_types))}"
         )
     task_type = next(iter(task_types)) if task_types else None
-    path = resolve_base_model(base_model)
-    torch_device = resolve_device(device)
-    kwargs: dict[str, Any] = {"attn_implementation": "eager", "dtype": resolve_dtype(dtype, torch_device)}
+    kwargs: dict[str, Any] = {"attn_implementation": "eager"}
     if task_type == "SEQ_CLS":
         labels = next((n for n in map(_num_labels, adapters.values()) if n), None)
         if labels:
             kwargs["num_labels"] = labels
     # The head may be new (its load report would call it "MISSING"); the adapters' saved head replaces it.
-    model = load_pretrained(_auto_class(task_type), path, "--base_model", **kwargs)
-    tokenizer = load_tokenizer(path, "--base_model", pad=False)
+    model, tokenizer = load_with_adapters(
+        resolve_base_model(base_model), adapters, _auto_class(task_type), dtype, device, pad=False, **kwargs
+    )
     for name, adapter_path in adapters.items():
-        try:
-            model = ina.load_adapter(model, adapter_path, adapter_name=name)
-        except (ValueError, KeyError, RuntimeError) as error:
-            raise UsageError(
-                f"--adapter {name}={adapter_path}: cannot load it onto --base_model {base_model!r}; was it "
-                f"trained on another base model? ({error})"
-            ) from error
         check_adapter_loaded(model, name, adapter_path)
-    model.to(torch_device)
-    model.eval()
     return model, tokenizer
 
 

@@ -32,27 +32,20 @@ def load(
 ) -> Loaded:
     """Load ``base_model`` and its tokenizer, then each adapter folder in ``adapters`` under its name.
 
-    Adapters may be InA, the authors' LoRA+inhibition format or plain LoRA (via ``ina.load_adapter``);
+    Adapters may be InA, the authors' LoRA+inhibition format or plain LoRA (`ina.foundation.models.load_with_adapters`);
     an adapter's ``ina_prompt.json`` says which prompt template it was trained with. ``dtype`` "auto"
     follows `ina.foundation.models.resolve_dtype` (float32 on CPU).
     """
-    from transformers import AutoModelForCausalLM
+    from ina.foundation.models import load_with_adapters
 
-    import ina
-    from ina.foundation.models import load_pretrained, load_tokenizer, resolve_device, resolve_dtype
-
-    target = resolve_device(device)
     name = str(base_model)
-    model: nn.Module = load_pretrained(AutoModelForCausalLM, name, dtype=resolve_dtype(dtype, target))
-    tokenizer = load_tokenizer(
-        name, pad=False
-    )  # the engine pads with its own pad id; the tokenizer stays as saved
+    adapters = adapters or {}
+    # the engine pads with its own id: the tokenizer stays as saved
+    model, tokenizer = load_with_adapters(name, adapters, dtype=dtype, device=device, pad=False)
     templates = {}
-    for adapter, path in (adapters or {}).items():
-        model = ina.load_adapter(model, path, adapter_name=adapter)
+    for adapter, path in adapters.items():
         template = PromptTemplate.from_adapter(path)
         if template is not None:
             templates[adapter] = template
-    model.to(target)
     model_id = base_model_id or Path(name.rstrip("/")).name or "base"
     return Loaded(model, tokenizer, model_id, templates)

@@ -34,6 +34,7 @@ class PromptEncoder:
         self.tokenizer, self.lock = tokenizer, lock
         self.base_model_id, self.adapters, self.templates = base_model_id, adapters, templates
         self.context_length = context_length
+        self.default_template = PromptTemplate.load("alpaca")  # for adapters trained without ina_prompt.json
 
     @property
     def model_ids(self) -> list[str]:
@@ -88,7 +89,7 @@ class PromptEncoder:
         The template is the one the adapter was trained with (its ``ina_prompt.json``), else Alpaca's;
         a ``chat`` template sends instruction and input as one user turn through the chat template.
         """
-        template = self.templates.get(self.resolve(model_id)) or PromptTemplate.load("alpaca")
+        template = self.templates.get(self.resolve(model_id)) or self.default_template
         if template.chat:
             user = instruction if not input.strip() else f"{instruction}\n\n{input}"
             return self.encode_chat(model_id, [{"role": "user", "content": user}])

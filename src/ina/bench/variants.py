@@ -1,4 +1,4 @@
-"""The training-benchmark harness: one model carrying both adapters, and a switch between the variants.
+"""The training benchmark's variants: one model carrying both adapters, and a switch between them.
 
 * ``base`` — the frozen model with the adapter layers swapped out for their base layers;
 * ``lora`` — PEFT's own LoRA forward (an adapter with ρ = 0 has no InA variant, so PEFT's
