@@ -101,17 +101,28 @@ def read_rows(path: str | Path, task: GlueTask) -> list[Row]:
             f"data file {str(path)!r} does not exist; check --train_file / --validation_file / --data_dir"
         )
     suffix = path.suffix.lower()
-    if suffix == ".tsv":
-        rows = _read_tsv(path, task)
-    elif suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as file:
-            rows = [dict(row) for row in csv.DictReader(file)]
-    elif suffix in (".json", ".jsonl"):
-        rows = _read_json(path)
-    else:
+    try:
+        if suffix == ".tsv":
+            rows = _read_tsv(path, task)
+        elif suffix == ".csv":
+            with path.open(newline="", encoding="utf-8") as file:
+                rows = [dict(row) for row in csv.DictReader(file)]
+        elif suffix in (".json", ".jsonl"):
+            rows = _read_json(path)
+        else:
+            raise ExperimentError(
+                f"data file {str(path)!r}: the extension must be .tsv, .csv, .json or .jsonl; got {suffix!r}"
+            )
+    except UnicodeDecodeError as error:
         raise ExperimentError(
-            f"data file {str(path)!r}: the extension must be .tsv, .csv, .json or .jsonl; got {suffix!r}"
-        )
+            f"data file {str(path)!r} (--train_file / --validation_file / --data_dir): not UTF-8 text (byte "
+            f"{error.object[error.start]:#04x} at offset {error.start}); give a .tsv, .csv, .json or .jsonl file"
+        ) from None
+    except csv.Error as error:
+        raise ExperimentError(
+            f"data file {str(path)!r} (--train_file / --validation_file / --data_dir): not readable as CSV/TSV "
+            f"({error}); fix the file"
+        ) from None
     if not rows:
         raise ExperimentError(f"data file {str(path)!r} holds no rows")
     aliases = TSV_ALIASES.get(task.name, {})
@@ -153,8 +164,9 @@ def _read_json(path: Path) -> list[Row]:
             return [json.loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as error:
             raise ExperimentError(
-                f"data file {str(path)!r} is neither JSON nor JSON lines: {error}"
-            ) from error
+                f"data file {str(path)!r} (--train_file / --validation_file): neither JSON nor JSON lines "
+                f"(line {error.lineno}: {error.msg}); fix the file"
+            ) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if isinstance(data, dict):

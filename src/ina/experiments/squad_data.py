@@ -54,15 +54,43 @@ def read_squad(path: str | Path) -> list[Example]:
         raise ExperimentError(
             f"SQuAD file {str(path)!r} does not exist; check --train_file / --validation_file"
         )
-    text = path.read_text(encoding="utf-8")
+    where = f"SQuAD file {str(path)!r} (--train_file / --validation_file)"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ExperimentError(
+            f"{where}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); give "
+            "SQuAD JSON or JSON lines"
+        ) from None
     try:
         data = json.loads(text)
         records = _flatten(data, path) if isinstance(data, dict) and "data" in data else data
     except json.JSONDecodeError:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ExperimentError(
+                        f"{where}, line {number}: neither SQuAD JSON nor JSON lines ({error.msg} at column "
+                        f"{error.colno}); fix the file"
+                    ) from None
+    except (AttributeError, KeyError, TypeError) as error:
+        raise ExperimentError(f"{where}: not in SQuAD's layout ({type(error).__name__}: {error})") from None
     if isinstance(records, dict):
         records = [records]
-    examples = [_example(record, path, number) for number, record in enumerate(records, start=1)]
+    if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
+        raise ExperimentError(f"{where}: expected question records (objects); see --help for the layouts")
+    try:
+        examples = [_example(record, path, number) for number, record in enumerate(records, start=1)]
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        if isinstance(error, ExperimentError):
+            raise
+        raise ExperimentError(
+            f"{where}: an `answers` field is malformed ({type(error).__name__}: {error}); expected "
+            "{text: [...], answer_start: [...]}"
+        ) from None
     if not examples:
         raise ExperimentError(f"SQuAD file {str(path)!r} holds no questions")
     return examples

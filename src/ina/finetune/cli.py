@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from ina.finetune.arguments import HIDDEN, FinetuneArguments
@@ -69,18 +68,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _finetune(args: argparse.Namespace, extra: list[str]) -> int:
-    from ina.finetune.train import FinetuneError, finetune, resolve
+    from ina.finetune.train import finetune, resolve
 
-    try:
-        finetune_args, tokens = resolve(given(args, FinetuneArguments), extra)
-        finetune(finetune_args, tokens, log=print)
-    except FinetuneError as error:
-        print(f"ina finetune: error: {error}", file=sys.stderr)
-        return 2
+    # a FinetuneError (a UsageError) is reported by `ina.cli.main`: one line, exit code 2
+    finetune_args, tokens = resolve(given(args, FinetuneArguments), extra)
+    finetune(finetune_args, tokens, log=print)
     return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from ina.core.loading import AdapterFileError, check_adapter_folder
     from ina.finetune.generate import (
         generate_answers,
         load_for_generation,
@@ -89,22 +86,35 @@ def _generate(args: argparse.Namespace) -> int:
         using_adapter,
     )
     from ina.foundation.adapters import BASE_ADAPTER, parse_adapter_specs
-    from ina.foundation.files import write_jsonl
+    from ina.foundation.errors import UsageError
+    from ina.foundation.files import output_problem, write_jsonl
+    from ina.foundation.prompts import PromptTemplate
 
+    # everything that needs no model is checked first, and all problems are reported together
     problems = option_problems(args)
+    problems += [problem] if (problem := output_problem(args.output, "--output")) else []
+    adapters: dict[str, Any] = {}
+    prompts: list[tuple[str, str]] = [(p, args.input) for p in args.prompt]
     try:
         adapters = parse_adapter_specs(args.adapter)
-        prompts = [(p, args.input) for p in args.prompt]
+    except UsageError as error:
+        problems.append(str(error))
+    for name, path in adapters.items():
+        try:
+            check_adapter_folder(path)
+        except AdapterFileError as error:
+            problems.append(f"--adapter {name}={path}: {error}")
+    try:
         if args.prompts_file:
             prompts += read_prompts(args.prompts_file)
-    except (OSError, ValueError) as error:
+        if args.prompt_template_name not in (None, "auto"):
+            PromptTemplate.load(args.prompt_template_name)
+    except UsageError as error:
         problems.append(str(error))
-        adapters, prompts = {}, []
     if not problems and not prompts:
         problems.append("no prompt: give one as an argument or use --prompts_file FILE")
     if problems:
-        print("ina generate: error: " + "; ".join(problems), file=sys.stderr)
-        return 2
+        raise UsageError("; ".join(problems))
     model, tokenizer, template = load_for_generation(args.base_model, adapters, args.prompt_template_name)
     options: dict[str, Any] = {
         "max_new_tokens": args.max_new_tokens,

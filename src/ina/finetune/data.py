@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ina.foundation.errors import UsageError
+from ina.foundation.files import read_text
 from ina.foundation.prompts import Conversation, PromptTemplate
 
 IGNORE_INDEX = -100
@@ -91,7 +92,7 @@ def _looks_like_hub_name(name: str) -> bool:
 
 def _read_file(file: Path, loaded: LoadedData) -> None:
     loaded.files.append(str(file))
-    text = file.read_text(encoding="utf-8-sig")
+    text = read_text(file, "--data_path", "an Alpaca/ShareGPT/messages .json or .jsonl file", "utf-8-sig")
     stripped = text.lstrip()
     if file.suffix == ".json" and stripped.startswith("["):
         items = _json_array_items(text, file)

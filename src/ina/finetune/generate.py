@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ina.foundation.adapters import BASE_ADAPTER
+from ina.foundation.errors import UsageError
+from ina.foundation.files import read_text
 from ina.foundation.prompts import PromptTemplate
 
 
@@ -127,23 +129,49 @@ def generate_answers(
     return answers
 
 
-def read_prompts(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """Prompts from a file: JSON/JSONL records (``instruction`` + ``input``, or ``prompt``), else one per line."""
-    text = Path(path).read_text(encoding="utf-8")
+def read_prompts(path: str | os.PathLike[str], flag: str = "--prompts_file") -> list[tuple[str, str]]:
+    """Prompts from a file: JSON/JSONL records (``instruction`` + ``input``, or ``prompt``), else one per line.
+
+    A problem raises `UsageError` naming ``flag``, the file and the line to fix.
+    """
+    what = "a .json list or .jsonl of records with an `instruction` (or `prompt`), or one prompt per line"
+    text = read_text(path, flag, what)
     prompts: list[tuple[str, str]] = []
     stripped = text.lstrip()
     if stripped.startswith("["):
-        records = json.loads(text)
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UsageError(
+                f"{flag} {path}:{error.lineno}: invalid JSON ({error.msg} at column {error.colno}); fix that line"
+            ) from None
+        if not isinstance(records, list):
+            raise UsageError(f"{flag} {path}: expected a JSON list of records; give {what}")
+        numbered = [(f"record {number}", record) for number, record in enumerate(records, start=1)]
     elif stripped.startswith("{"):
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        numbered = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((f"line {number}", json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise UsageError(
+                    f"{flag} {path}:{number}: invalid JSON ({error.msg} at column {error.colno}); fix that line"
+                ) from None
     else:
         return [(line.strip(), "") for line in text.splitlines() if line.strip()]
-    for number, record in enumerate(records, start=1):
+    for where, record in numbered:
         if isinstance(record, str):
             prompts.append((record, ""))
             continue
-        instruction = record.get("instruction", record.get("prompt"))
+        instruction = record.get("instruction", record.get("prompt")) if isinstance(record, dict) else None
         if not isinstance(instruction, str) or not instruction.strip():
-            raise ValueError(f"{path}: record {number} needs a non-empty `instruction` (or `prompt`) string")
-        prompts.append((instruction, record.get("input") or ""))
+            raise UsageError(f"{flag} {path}, {where}: needs a non-empty `instruction` (or `prompt`) string")
+        input_text = record.get("input") or ""
+        if not isinstance(input_text, str):
+            raise UsageError(
+                f"{flag} {path}, {where}: `input` must be a string; got {type(input_text).__name__}"
+            )
+        prompts.append((instruction, input_text))
     return prompts

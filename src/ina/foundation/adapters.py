@@ -9,8 +9,9 @@ under the flags' names. This module imports no framework at import time.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,36 @@ class AdapterArguments:
         },
     )
 
+    def __post_init__(self) -> None:
+        problems = range_problems(self) + adapter_problems(self)  # before any model is loaded
+        if problems:
+            raise UsageError("invalid adapter options:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def adapter_problems(arguments: AdapterArguments) -> list[str]:
+    """What `InAConfig` would refuse in ``arguments`` beyond the ranges every recipe checks itself:
+    the gate ``--activation`` and ``--lora_alpha``. Needs no model, so a typo costs no model load."""
+    from ina.core.functional import ACTIVATIONS
+
+    problems = []
+    if arguments.activation not in ACTIVATIONS:
+        problems.append(f"--activation must be one of {list(ACTIVATIONS)}; got {arguments.activation!r}")
+    if not arguments.lora_alpha > 0:
+        problems.append(f"--lora_alpha must be > 0; got {arguments.lora_alpha}")
+    return problems
+
+
+def range_problems(arguments: AdapterArguments) -> list[str]:
+    """The range rules of the adapter flags (``--lora_r``, ``--lora_dropout``, ``--inhibition``), in flag names."""
+    problems = []
+    if arguments.lora_r < 1:
+        problems.append(f"--lora_r must be at least 1; got {arguments.lora_r}")
+    if not 0 <= arguments.lora_dropout < 1:
+        problems.append(f"--lora_dropout must be in [0, 1); got {arguments.lora_dropout}")
+    if not 0 <= arguments.inhibition < 1:
+        problems.append(f"--inhibition must be in [0, 1) (0 is exactly LoRA); got {arguments.inhibition}")
+    return problems
+
 
 def _is_linear(module: Any) -> bool:
     from torch import nn
@@ -160,8 +191,10 @@ def _is_linear(module: Any) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
-def target_modules_for(model: Any, requested: Sequence[str] | None) -> list[str] | str:
-    """``requested``, checked against ``model``'s linear layers, or the attention projections it has."""
+def target_modules_for(
+    model: Any, requested: Sequence[str] | None, flag: str = "--lora_target_modules"
+) -> list[str] | str:
+    """``requested``, checked against ``model``'s linear layers, or the attention projections it has; errors name ``flag``."""
     if requested and list(requested) == ["all-linear"]:
         return "all-linear"
     leaves = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if _is_linear(module)}
@@ -171,7 +204,7 @@ def target_modules_for(model: Any, requested: Sequence[str] | None) -> list[str]
         ]
         if unknown:
             raise UsageError(
-                f"--lora_target_modules: {unknown} are not linear layers of this model; its linear layers are "
+                f"{flag}: {unknown} are not linear layers of this model; its linear layers are "
                 f"{sorted(leaves)} (e.g. q_proj,v_proj for LLaMA, query_key_value for BLOOM)"
             )
         return list(requested)
@@ -179,8 +212,8 @@ def target_modules_for(model: Any, requested: Sequence[str] | None) -> list[str]
         if all(name in leaves for name in family):
             return list(family)
     raise UsageError(
-        f"--lora_target_modules: no known attention projections found in {type(model).__name__}; name the layers "
-        f"to adapt, e.g. --lora_target_modules {','.join(sorted(leaves)[:3])} (linear layers: {sorted(leaves)})"
+        f"{flag}: no known attention projections found in {type(model).__name__}; name the layers "
+        f"to adapt, e.g. {flag} {','.join(sorted(leaves)[:3])} (linear layers: {sorted(leaves)})"
     )
 
 
@@ -208,3 +241,18 @@ def inhibition_config(
         for name, flag in _FLAG_OF_FIELD.items():
             message = message.replace(f"`{name}`", f"`{name}` ({flag})")
         raise UsageError(message) from error
+
+
+@contextlib.contextmanager
+def using_adapter(model: Any, name: str) -> Iterator[None]:
+    """Run the block with adapter ``name`` of a `PeftModel` active (`BASE_ADAPTER`: adapters switched off)."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        yield
+    elif name == BASE_ADAPTER:
+        with model.disable_adapter():
+            yield
+    else:
+        model.set_adapter(name)
+        yield

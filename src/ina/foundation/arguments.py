@@ -35,7 +35,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ina.foundation.errors import UsageError
+from ina.foundation.errors import UsageError, one_line
 
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
 _FALSE = {"false", "0", "no", "n", "off", "f"}
@@ -183,8 +183,16 @@ def read_config(path: str | os.PathLike[str], flag: str = "--config") -> dict[st
     """The ``option: value`` mapping of a YAML or JSON config file; errors name ``flag``."""
     file = Path(path)
     if not file.is_file():
-        raise UsageError(f"{flag} {str(path)!r}: no such file")
-    text = file.read_text(encoding="utf-8")
+        raise UsageError(
+            f"{flag} {str(path)!r}: no such file; give a YAML or JSON file of option: value lines"
+        )
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"{flag} {str(path)!r}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}); give a YAML or JSON file of option: value lines"
+        ) from None
     try:
         if file.suffix == ".json":
             loaded = json.loads(text) if text.strip() else {}
@@ -192,13 +200,24 @@ def read_config(path: str | os.PathLike[str], flag: str = "--config") -> dict[st
             import yaml
 
             loaded = yaml.safe_load(text) or {}
-    except (ValueError, ImportError) as error:  # json.JSONDecodeError and yaml.YAMLError are ValueErrors
-        raise UsageError(f"{flag} {str(path)!r}: cannot read it ({error})") from error
+    except ValueError as error:  # json.JSONDecodeError
+        raise UsageError(f"{flag} {str(path)!r}: invalid JSON ({error}); fix the file") from None
+    except Exception as error:  # yaml.YAMLError; its text spans several lines
+        raise UsageError(
+            f"{flag} {str(path)!r}: invalid YAML ({_yaml_problem(error)}); fix the file"
+        ) from None
     if not isinstance(loaded, dict):
         raise UsageError(
             f"{flag} {str(path)!r} must hold a mapping of option: value; got {type(loaded).__name__}"
         )
     return loaded
+
+
+def _yaml_problem(error: Exception) -> str:
+    """``problem at line L, column C`` of a YAML error (its own text spans several lines)."""
+    problem = getattr(error, "problem", None) or " ".join(str(error).split())
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def split_values(values: Mapping[str, Any], cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -223,12 +242,41 @@ def split_values(values: Mapping[str, Any], cls: type) -> tuple[dict[str, Any], 
     return own, rest
 
 
+def _coerce(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with each number or bool field checked (text such as ``"1e-4"`` converted), naming its flag."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    checked = dict(values)
+    for name, value in values.items():
+        if name not in fields or value is None:
+            continue
+        kind = _value_type(hints.get(name, str))
+        if kind not in (int, float, bool) or (type(value) is kind) or (kind is float and type(value) is int):
+            continue
+        expected = {int: "an integer", float: "a number", bool: "true or false"}[kind]
+        try:
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise ValueError
+            if kind is bool:
+                checked[name] = boolean(str(value))
+            elif kind is int and isinstance(value, float) and value.is_integer():
+                checked[name] = int(value)
+            else:
+                checked[name] = kind(value)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise UsageError(f"{flag_of(cls, name)} must be {expected}; got {value!r}") from None
+    return checked
+
+
 def from_values(cls: type, values: Mapping[str, Any]) -> Any:
-    """An instance of dataclass ``cls`` from ``values`` (field names), built by `transformers.HfArgumentParser`."""
+    """An instance of dataclass ``cls`` from ``values`` (field names), built by `transformers.HfArgumentParser`.
+
+    Values of number and bool fields are checked first (a config file may hold ``lora_r: zero``).
+    """
     from transformers import HfArgumentParser
 
     try:
-        (arguments,) = HfArgumentParser(cls).parse_dict(dict(values))
+        (arguments,) = HfArgumentParser(cls).parse_dict(_coerce(cls, values))
     except ValueError as error:
         if isinstance(error, UsageError):
             raise
@@ -318,16 +366,19 @@ def training_arguments(
     values = {"output_dir": output_dir, **_machine_defaults(), **(defaults or {})}
     argv = _current_names(to_argv({k: v for k, v in values.items() if not flag_given(extra, k)}))
     parser = HfArgumentParser(TrainingArguments)
+
+    def refuse(message: str) -> typing.NoReturn:  # argparse would print its usage block and exit
+        raise UsageError(f"{message} (a transformers.TrainingArguments flag of `{command}`)")
+
+    parser.error = refuse  # type: ignore[method-assign]
     try:
         (arguments, remaining) = parser.parse_args_into_dataclasses(
             args=[*argv, *extra], return_remaining_strings=True
         )
-    except SystemExit:  # argparse has printed which value it refused
-        raise UsageError(
-            f"invalid TrainingArguments flags among {list(extra)} (see the message above)"
-        ) from None
+    except UsageError:
+        raise
     except ValueError as error:  # TrainingArguments' own consistency checks
-        raise UsageError(f"TrainingArguments: {error}") from error
+        raise UsageError(f"TrainingArguments: {one_line(error)}") from error
     if remaining:
         raise UsageError(
             f"unrecognized arguments: {' '.join(remaining)} (neither an `{command}` flag, see `{command} "

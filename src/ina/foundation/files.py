@@ -71,3 +71,38 @@ def read_json(path: PathLike) -> Any:
     """The JSON value in ``path``."""
     with open(path, encoding="utf-8") as file:
         return json.load(file)
+
+
+def read_text(path: PathLike, flag: str, what: str = "a text file", encoding: str = "utf-8") -> str:
+    """The text of the file ``path`` given by ``flag``; a missing path, a folder, or bytes that are not
+    UTF-8 raise a `UsageError` naming ``flag`` and ``what`` the file should be."""
+    from ina.foundation.errors import UsageError
+
+    file = Path(path)
+    if not file.exists():
+        raise UsageError(f"{flag} {str(path)!r}: no such file; give {what}")
+    if file.is_dir():
+        raise UsageError(f"{flag} {str(path)!r} is a folder; give {what}")
+    try:
+        return file.read_text(encoding=encoding)
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"{flag} {str(path)!r}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}); give {what}"
+        ) from None
+
+
+def output_problem(path: PathLike | None, flag: str, folder: bool = False) -> str | None:
+    """Why ``path`` (given by ``flag``) cannot be written, checked before any work: a file given where a
+    ``folder`` is written (or a folder where a file is), or a path under a file. None when it can."""
+    if path is None:
+        return None
+    target = Path(path)
+    if folder and target.is_file():
+        return f"{flag} {str(path)!r} is a file; give a folder to write into"
+    if not folder and target.is_dir():
+        return f"{flag} {str(path)!r} is a folder; give a file name"
+    blocker = next((parent for parent in target.parents if parent.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        return f"{flag} {str(path)!r}: {str(blocker)!r} is a file, not a folder; give a path in a folder"
+    return None

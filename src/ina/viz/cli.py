@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ina.foundation.errors import UsageError
+from ina.foundation.errors import UsageError, one_line
 
 SEED_TEXT = "I put my red bag in the black bag."
 SEED_PAIR = "What is the colour of my bag?"
@@ -123,11 +123,15 @@ def _guarded(handler: Callable[[argparse.Namespace], int], name: str) -> Callabl
 
     def run(args: argparse.Namespace) -> int:
         from ina.foundation.attention import AttentionUnavailableError
+        from ina.foundation.files import output_problem
 
         try:
+            problem = output_problem(args.out, "--out", folder=True)
+            if problem:  # before any model is loaded
+                raise UsageError(problem)
             return handler(args)
         except (ValueError, FileNotFoundError, AttentionUnavailableError) as error:
-            print(f"ina viz {name}: error: {error}", file=sys.stderr)
+            print(f"ina viz {name}: error: {one_line(error)}", file=sys.stderr)
             return 2
 
     return run
@@ -147,21 +151,33 @@ def parse_layers(value: str | None) -> list[int] | None:
 
 def read_texts(path: Path, limit: int) -> list[str]:
     """The texts of a .txt / .json / .jsonl file (see `--data`), at most ``limit``."""
-    if not path.is_file():
-        raise UsageError(f"--data {str(path)!r} is not a file")
+    from ina.foundation.files import read_text
+
     if limit < 1:
         raise UsageError(f"--max_texts must be ≥ 1; got {limit}")
-    raw = path.read_text(encoding="utf-8")
+    if path.suffix not in (".txt", ".json", ".jsonl"):
+        raise UsageError(f"--data must end in .txt, .json or .jsonl; got {path.name!r}")
+    raw = read_text(path, "--data", "a .txt (one text per line), .json or .jsonl file")
     if path.suffix == ".txt":
         records: list = [line for line in raw.splitlines() if line.strip()]
-    elif path.suffix == ".jsonl":
-        records = [json.loads(line) for line in raw.splitlines() if line.strip()]
-    elif path.suffix == ".json":
-        records = json.loads(raw)
+    else:
+        lines = raw.splitlines() if path.suffix == ".jsonl" else [raw]
+        records = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                if line.strip():
+                    records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                where = number if path.suffix == ".jsonl" else error.lineno
+                raise UsageError(
+                    f"--data {path}:{where}: invalid JSON ({error.msg}); fix that line"
+                ) from None
+        if path.suffix == ".json":
+            records = records[0] if records else []
         if isinstance(records, dict):
             records = next((v for v in records.values() if isinstance(v, list)), [records])
-    else:
-        raise UsageError(f"--data must end in .txt, .json or .jsonl; got {path.name!r}")
+        if not isinstance(records, list):
+            raise UsageError(f"--data {path.name}: expected a list of texts or records")
     texts = []
     for record in records[:limit]:
         if isinstance(record, str):
@@ -232,6 +248,8 @@ def _inhibition(args: argparse.Namespace) -> int:
 
     if args.text_pair is not None and not args.text:
         raise UsageError("--text_pair goes with --text; with --data, put both segments in each record")
+    if args.max_texts < 1:
+        raise UsageError(f"--max_texts must be ≥ 1; got {args.max_texts}")
     if args.text:
         texts = [(t, args.text_pair) if args.text_pair else t for t in args.text[: args.max_texts]]
     else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -26,9 +25,15 @@ def find_state(run_dir: str | os.PathLike[str]) -> Path:
         if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and (path / STATE).is_file()
     ]
     if not checkpoints:
+        older = (
+            " (its result.json is from a glue/squad/sweep run of an ina version that kept no log history: rerun it)"
+            if (folder / "result.json").is_file()
+            else ""
+        )
         raise UsageError(
-            f"RUN_DIR {str(folder)!r} has no {STATE}, in itself or in a checkpoint-* folder; the Hugging Face "
-            "Trainer writes it when it saves (use --save_strategy steps/epoch, or trainer.save_state())"
+            f"RUN_DIR {str(folder)!r} has no {STATE}, in itself or in a checkpoint-* folder{older}; give the "
+            f"folder of a training run that holds one: an `ina finetune`, `ina glue`, `ina squad` --output_dir, or a "
+            f"sweep's runs/NAME folder (the Hugging Face Trainer writes {STATE} when it saves)"
         )
     return max(checkpoints)[1] / STATE
 
@@ -42,8 +47,10 @@ def read_run(run_dir: str | os.PathLike[str], name: str | None = None) -> dict:
     path = find_state(run_dir)
     try:
         history = read_json(path)["log_history"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise UsageError(f"{path}: not a Trainer state file with a log_history list ({error})") from error
+    except (ValueError, KeyError, TypeError) as error:  # JSON or UTF-8 errors are ValueErrors
+        raise UsageError(
+            f"RUN_DIR {str(run_dir)!r}: {path} is not a Trainer state file with a log_history list ({error})"
+        ) from error
     train = [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e and "step" in e]
     evaluation = [
         {"step": e["step"], "loss": e["eval_loss"]} for e in history if "eval_loss" in e and "step" in e

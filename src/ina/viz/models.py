@@ -79,10 +79,15 @@ def load_models(
     follows the adapters' ``task_type`` (causal LM, sequence classification, ...), so that the saved
     tensor names match; without adapters the bare model (`AutoModel`: the same attention).
     """
-    from ina.core.loading import read_adapter_config
+    from ina.core.loading import AdapterFileError, check_adapter_folder
     from ina.foundation.models import load_with_adapters, resolve_base_model
 
-    configs = [read_adapter_config(path) for path in adapters.values()]
+    configs = []
+    for name, path in adapters.items():  # damaged folders are refused before any model is loaded
+        try:
+            configs.append(check_adapter_folder(path))
+        except AdapterFileError as error:
+            raise UsageError(f"--adapter {name}={path}: {error}") from error
     task_types = {str(c.task_type) if c.task_type else None for c in configs}
     if len(task_types) > 1:
         raise UsageError(

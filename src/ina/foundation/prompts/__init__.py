@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ina.foundation.errors import UsageError
+from ina.foundation.files import read_text
+
 TEMPLATE_DIR = Path(__file__).parent
 PROMPT_FILE = "ina_prompt.json"
 
@@ -46,29 +49,43 @@ class PromptTemplate:
     chat: bool = False
 
     @classmethod
-    def load(cls, name_or_path: str) -> PromptTemplate:
-        """A shipped template by name (see :func:`available_templates`) or a template JSON file by path."""
+    def load(cls, name_or_path: str, flag: str = "--prompt_template_name") -> PromptTemplate:
+        """A shipped template by name (see :func:`available_templates`) or a template JSON file by path.
+
+        Raises `UsageError` naming ``flag`` for an unknown name, a missing or malformed file.
+        """
         path = Path(name_or_path)
         if path.suffix != ".json" or not path.is_file():
             path = TEMPLATE_DIR / f"{name_or_path}.json"
         if not path.is_file():
-            raise ValueError(
-                f"--prompt_template_name must be one of {available_templates()} or a template .json file; "
+            raise UsageError(
+                f"{flag} must be one of {available_templates()} or an existing template .json file; "
                 f"got {name_or_path!r}"
             )
-        data = json.loads(path.read_text(encoding="utf-8"))
+        what = "a template .json file (prompt_input, prompt_no_input, response_split)"
+        try:
+            data = json.loads(read_text(path, flag, what))
+        except json.JSONDecodeError as error:
+            raise UsageError(f"{flag} {name_or_path!r}: invalid JSON ({error}); give {what}") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"{flag} {name_or_path!r} must hold a JSON object; give {what}")
         name = path.stem if path.parent == TEMPLATE_DIR else str(path)
-        return cls.from_json({"name": name, **data})
+        try:
+            return cls.from_json({"name": name, **data})
+        except UsageError as error:
+            raise UsageError(f"{flag}: {error}") from None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PromptTemplate:
         """Rebuild a template from :meth:`to_json`'s output (or a template file's content plus ``name``)."""
         known = {"name", "description", "prompt_input", "prompt_no_input", "response_split", "chat"}
         template = cls(**{k: v for k, v in data.items() if k in known})
-        if not template.chat and (
-            "{instruction}" not in template.prompt_no_input or not template.prompt_input
+        fields = (template.prompt_input, template.prompt_no_input, template.response_split)
+        if not all(isinstance(text, str) for text in fields) or (
+            not template.chat
+            and ("{instruction}" not in template.prompt_no_input or not template.prompt_input)
         ):
-            raise ValueError(
+            raise UsageError(
                 f"prompt template {template.name!r} needs `prompt_input` and `prompt_no_input` containing "
                 '{instruction} (and {input}), or `"chat": true`'
             )
