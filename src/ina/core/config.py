@@ -15,6 +15,17 @@ from ina.core.functional import ACTIVATIONS
 SUPPORTED_INITS: tuple[Any, ...] = (True, False, "gaussian")
 
 
+GATED_LAYERS = "nn.Linear, transformers' Conv1D and nn.Embedding layers"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_names(value: Any) -> bool:
+    return isinstance(value, (list, tuple, set)) and all(isinstance(name, str) for name in value)
+
+
 class InAConfigError(ValueError):
     """Raised with every problem of an `InAConfig` at once, one per line."""
 
@@ -70,9 +81,34 @@ class InAConfig(LoraConfig):
             problems.append(f"`negative_slope` must be a number ≥ 0; got {self.negative_slope!r}")
         if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
             problems.append(f"`r` must be a positive integer; got {self.r!r}")
-        for name, rank in (self.rank_pattern or {}).items():
-            if not isinstance(rank, int) or rank <= 0:
-                problems.append(f"`rank_pattern[{name!r}]` must be a positive integer; got {rank!r}")
+        if not _is_number(self.lora_alpha):
+            problems.append(f"`lora_alpha` must be a number; got {self.lora_alpha!r}")
+        for pattern in ("rank_pattern", "alpha_pattern"):
+            value = getattr(self, pattern)
+            if not isinstance(value, dict):
+                problems.append(
+                    f"`{pattern}` must be a mapping {{module name pattern: number}}; got {value!r}"
+                )
+            elif not all(_is_number(number) for number in value.values()):
+                problems.append(f"`{pattern}` values must be numbers; got {value!r}")
+        if isinstance(self.rank_pattern, dict):
+            for name, rank in self.rank_pattern.items():
+                if not isinstance(rank, int) or rank <= 0:
+                    problems.append(f"`rank_pattern[{name!r}]` must be a positive integer; got {rank!r}")
+        for names in ("target_modules", "exclude_modules", "modules_to_save"):
+            value = getattr(self, names)
+            if not (
+                value is None or (isinstance(value, str) and names != "modules_to_save") or _is_names(value)
+            ):
+                problems.append(
+                    f"`{names}` must be a list of module names or a regular expression; got {value!r}"
+                )
+        if self.bias not in ("none", "all", "lora_only"):
+            problems.append(f"`bias` must be 'none', 'all' or 'lora_only'; got {self.bias!r}")
+        if self.megatron_config:
+            problems.append(
+                f"`megatron_config` must be unset: InA gates {GATED_LAYERS} only; got {self.megatron_config!r}"
+            )
         if not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
             problems.append(f"`lora_dropout` must be in [0, 1); got {self.lora_dropout!r}")
         if self.use_dora:
@@ -92,7 +128,13 @@ class InAConfig(LoraConfig):
             )
         # Other LoRA variants (aLoRA, VeLoRA, Arrow, BD-LoRA, ...) replace the forward pass that the gate lives in.
         for f in dataclasses.fields(LoraConfig):
-            if f.metadata.get("is_lora_variant") and f.name != "use_dora" and getattr(self, f.name, None):
+            value = getattr(self, f.name, None)
+            if (
+                f.metadata.get("is_lora_variant")
+                and f.name != "use_dora"
+                and value is not None
+                and value is not False
+            ):
                 problems.append(
                     f"`{f.name}` must be unset: that LoRA variant replaces the forward pass the inhibition "
                     f"gate lives in; got {getattr(self, f.name)!r}"

@@ -15,6 +15,13 @@ from torch import nn
 
 from ina.core.functional import inhibit
 
+# A scalar tensor ``<module>.ina_inhibition`` (value ρ) saved beside each gated module's lora_A/lora_B.
+# PEFT loads it through InA's tuner; LoRA-only parsers (vLLM, llama.cpp) refuse the unknown name, so
+# they cannot run an InA adapter as plain LoRA. (Names with base_layer, norm or lora_magnitude_vector
+# take other paths in those parsers.)
+MARKER = "ina_inhibition"
+_A_SUFFIXES = (".lora_A.weight", ".lora_embedding_A")
+
 
 class InhibitionGate(nn.Module):
     """One adapter's gate ``f(h − ρ·max_r h)``: its settings, applied through :func:`inhibit`.
@@ -142,9 +149,66 @@ def attach_gate(layer: LoraLayer, adapter_name: str, gate: InhibitionGate) -> No
     layer.lora_variant[adapter_name] = variant_cls(gate)
 
 
+def open_embedding_gate(layer: LoraLayer, adapter_name: str) -> None:
+    """Initialise a gated embedding adapter with A random (N(0, 1)) and B zero: ΔW = 0 with the gate open.
+
+    PEFT starts embeddings the other way round (A = 0, B random). Under the gate, h = 0 sits in
+    leaky_relu's negative branch, so A's gradient would be scaled by the slope (0.01): the adapter would
+    barely learn at first. With A random, ``h − ρ·max_r h`` is positive for some units of every token
+    and B's first gradient is of LoRA's order; A follows from the second step.
+    """
+    nn.init.normal_(layer.lora_embedding_A[adapter_name])
+    nn.init.zeros_(layer.lora_embedding_B[adapter_name])
+
+
 def detach_gate(layer: LoraLayer, adapter_name: str) -> None:
     """Remove ``adapter_name``'s gate from ``layer`` (PEFT's own bookkeeping does not know about it)."""
     layer.lora_variant.pop(adapter_name, None)
     gates = getattr(layer, "ina_gate", None)
     if gates is not None and adapter_name in gates:
         del gates[adapter_name]
+
+
+def marker_tensors(
+    state_dict: dict[str, torch.Tensor], inhibition: float, adapter_name: str | None = None
+) -> dict[str, torch.Tensor]:
+    """``{<module>.ina_inhibition: ρ}`` beside each A factor of ``state_dict`` (none for ρ = 0).
+
+    With ``adapter_name`` the keys are the model's (``...lora_A.<adapter>.weight``, and the marker gets
+    the same ``.<adapter>`` suffix); without, they are a saved file's (``...lora_A.weight``).
+    """
+    if inhibition == 0:
+        return {}
+    tag = f".{adapter_name}" if adapter_name else ""
+    suffixes = (f".lora_A{tag}.weight", f".lora_embedding_A{tag}")
+    return {
+        f"{key[: -len(suffix)]}.{MARKER}{tag}": torch.tensor(float(inhibition), dtype=torch.float32)
+        for key in state_dict
+        for suffix in suffixes
+        if key.endswith(suffix)
+    }
+
+
+def marker_problem(tensors: dict[str, torch.Tensor], inhibition: float) -> str | None:
+    """What is wrong with the ``ina_inhibition`` markers of saved ``tensors`` for a config with ρ = ``inhibition``.
+
+    Folders without any marker (saved before markers existed, or with ρ = 0) have none.
+    """
+    markers = {k[: -len(MARKER) - 1]: t for k, t in tensors.items() if k.endswith("." + MARKER)}
+    if not markers:
+        return None
+    expected = float(torch.tensor(float(inhibition), dtype=torch.float32))
+    modules = {k[: -len(s)] for k in tensors for s in _A_SUFFIXES if k.endswith(s)}
+    for module, value in sorted(markers.items()):
+        if value.numel() != 1:
+            return f"`{module}.{MARKER}` with shape {tuple(value.shape)} (a scalar expected)"
+        saved = float(value.float())
+        if saved != expected:
+            return f"`{module}.{MARKER}` = {saved:.6g} but the config's inhibition is {inhibition:.6g}"
+    missing = sorted(modules - markers.keys())
+    if missing:
+        return f"no `{MARKER}` beside {missing[0]!r} while {len(markers)} other module(s) have one"
+    orphans = sorted(markers.keys() - modules)
+    if orphans:
+        return f"`{orphans[0]}.{MARKER}` beside no lora_A tensor"
+    return None

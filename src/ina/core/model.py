@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from peft import LoraModel
 from peft.tuners.lora import layer as lora_layers
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -12,11 +13,15 @@ from transformers.pytorch_utils import Conv1D
 
 from ina.core.config import InAConfig
 from ina.core.layer import (
+    MARKER,
     InAEmbedding,
     InhibitionGate,
     MergeRefusedError,
     attach_gate,
     detach_gate,
+    marker_problem,
+    marker_tensors,
+    open_embedding_gate,
     refuse_merge,
 )
 
@@ -79,6 +84,12 @@ class InAModel(LoraModel):
             )
         gate = InhibitionGate(lora_config.inhibition, lora_config.activation, lora_config.negative_slope)
         attach_gate(layer, adapter_name, gate)
+        if (
+            isinstance(layer, InAEmbedding)
+            and gate.inhibition > 0
+            and lora_config.init_lora_weights is not False
+        ):
+            open_embedding_gate(layer, adapter_name)
 
     @staticmethod
     def _create_new_module(
@@ -89,6 +100,39 @@ class InAModel(LoraModel):
             kwargs.pop("fan_in_fan_out", None)
             return InAEmbedding(target, adapter_name, config=lora_config, **kwargs)
         return LoraModel._create_new_module(lora_config, adapter_name, target, **kwargs)
+
+    @classmethod
+    def _get_adapter_state_dict(
+        cls,
+        model: nn.Module,
+        config: Any,
+        adapter_name: str,
+        state_dict: dict[str, torch.Tensor],
+        unwanted_adapter_names: list[str],
+    ) -> dict[str, torch.Tensor]:
+        """PEFT's selection of the adapter's tensors plus an ``ina_inhibition`` marker per gated module (ρ > 0)."""
+        selected = super()._get_adapter_state_dict(
+            model, config, adapter_name, state_dict, unwanted_adapter_names
+        )
+        inhibition = config.inhibition if isinstance(config, InAConfig) else 0
+        return {**selected, **marker_tensors(selected, inhibition, adapter_name)}
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: Any, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Check the saved ``ina_inhibition`` markers against ``config``, drop them, then PEFT's key mapping."""
+        from ina.core.loading import AdapterFileError
+
+        inhibition = config.inhibition if isinstance(config, InAConfig) else 0
+        problem = marker_problem(state_dict, inhibition)
+        if problem:
+            raise AdapterFileError(
+                f"adapter {adapter_name!r}: each `{MARKER}` tensor must equal the config's inhibition; got "
+                f"{problem}. Use the adapter_config.json saved with these weights."
+            )
+        kept = {k: v for k, v in state_dict.items() if not k.endswith("." + MARKER)}
+        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, kept)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Delete an adapter, its gates included."""
