@@ -30,14 +30,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.set_defaults(handler=_serve)
 
 
-def default_adapters() -> dict[str, str]:
-    """The adapter a plain `ina finetune` writes (its default output folder), when it exists."""
+def default_adapters(cwd: Path | None = None) -> tuple[dict[str, str], str]:
+    """The adapter a plain `ina finetune` wrote, and a line saying what is served and why.
+
+    `ina finetune` writes to ``outputs/ina-finetune-smollm2`` relative to the folder it runs in, so
+    ``ina serve`` looks there, relative to the folder it runs in (``cwd``), as for any relative path.
+    """
     from ina.embedded import DEMO_ADAPTER_DIR
 
-    path = Path(DEMO_ADAPTER_DIR)
+    cwd = Path.cwd() if cwd is None else cwd
+    path = cwd / DEMO_ADAPTER_DIR
     if (path / "adapter_config.json").is_file():
-        return {path.name: str(path)}
-    return {}
+        return {
+            path.name: str(path)
+        }, f"serving the adapter `ina finetune` wrote as model id {path.name!r}: {path}"
+    return {}, (
+        f"serving the base model alone: no --adapter was given and {cwd} holds no {DEMO_ADAPTER_DIR}, "
+        "where a plain `ina finetune` run in this folder writes its adapter; start ina serve in the folder "
+        f"`ina finetune` ran in, or pass --adapter {path.name}=PATH/{DEMO_ADAPTER_DIR}"
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -47,20 +58,28 @@ def _serve(args: argparse.Namespace) -> int:
         pairs = parse_adapter_specs(args.adapters, "--adapter", bare_path=False, check=False)
         adapters = {name: str(path) for name, path in pairs.items()}
     except AdapterSpecError as error:
-        # A malformed flag ends the command before anything is loaded, as argparse's own errors do.
-        raise SystemExit(f"ina serve: {error}") from None
+        # A malformed flag ends the command before anything is loaded: one line, exit code 2 (`ina.cli.main`).
+        raise error from None
     if args.num_threads is not None:
         import torch
 
         torch.set_num_threads(max(1, args.num_threads))
     values = {field.name: getattr(args, field.name) for field in flag_fields(ServeSettings)}
+    unserved = {}  # model id -> why it is not served (a 404 for it says so)
     if values["base_model"] is None:
+        from ina.embedded import DEMO_ADAPTER_DIR
         from ina.embedded.smollm import MODEL_NAME, ensure_model
 
         values["base_model"] = str(ensure_model())
         values["base_model_id"] = values["base_model_id"] or MODEL_NAME
-        adapters = adapters or default_adapters()
-    settings = ServeSettings(**{**values, "adapters": adapters})  # SettingsError: one report, exit code 2
+        if not adapters:
+            adapters, note = default_adapters()
+            print(f"ina serve: {note}", file=sys.stderr)
+            if not adapters:
+                unserved[Path(DEMO_ADAPTER_DIR).name] = note
+    settings = ServeSettings(
+        **{**values, "adapters": adapters, "unserved": unserved}
+    )  # SettingsError: exit 2
     return _run(settings)
 
 
@@ -68,6 +87,7 @@ def _run(settings: ServeSettings) -> int:
     import uvicorn
 
     from ina.serve.api import create_app
+    from ina.serve.api.protocol import EnvelopeHTTPProtocol
     from ina.serve.engine import Engine
 
     try:
@@ -82,6 +102,11 @@ def _run(settings: ServeSettings) -> int:
             max_queue=settings.max_queue,
         )
     except (OSError, ValueError, RuntimeError, KeyError) as error:
+        from ina.core.loading import AdapterFileError
+        from ina.foundation.errors import UsageError
+
+        if isinstance(error, (UsageError, AdapterFileError)):
+            raise  # bad input (a missing base, a damaged adapter): one line, exit code 2 (`ina.cli.main`)
         print(
             f"ina serve: could not load --base_model {settings.base_model} with adapters {settings.adapters}: "
             f"{type(error).__name__}: {error}\nCheck that each adapter was trained on this base model.",
@@ -101,7 +126,13 @@ def _run(settings: ServeSettings) -> int:
         file=sys.stderr,
     )
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            http=EnvelopeHTTPProtocol,
+        )
     finally:
         engine.shutdown()
     return 0

@@ -27,9 +27,13 @@ class LiveServer:
     ) -> None:
         import uvicorn
 
+        from ina.serve.api.protocol import EnvelopeHTTPProtocol
+
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
-        config = uvicorn.Config(app, host=host, port=self.port, log_level=log_level, lifespan="on")
+        config = uvicorn.Config(
+            app, host=host, port=self.port, log_level=log_level, lifespan="on", http=EnvelopeHTTPProtocol
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="ina-serve-uvicorn", daemon=True)
 

@@ -63,12 +63,17 @@ class ServeSettings:
     batch_window_ms: float = _option(5.0, "how long to gather requests into a batch")
     max_queue: int = _option(256, "requests allowed to wait (more get 503)")
     max_body_bytes: int = _option(1_000_000, "largest request body (more get 413)")
+    max_attention_tokens: int = _option(
+        128, "longest text /v1/attention maps, in tokens (more get 400); its answer grows with the square"
+    )
     dtype: str = _option("auto", "auto (float32 on CPU), float32, bfloat16, float16, float64")
     device: str = _option("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
     num_threads: int | None = _option(
         None, "torch CPU threads (default: torch's choice; 1 suits tiny models)"
     )
     log_level: str = _option("info", choices=LOG_LEVELS)
+    unserved: dict[str, str] = dataclasses.field(default_factory=dict, metadata={"flag": False})
+    """Model ids a user may expect but this server does not serve, each with the reason (a 404 says it)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -78,10 +83,19 @@ class ServeSettings:
                     f"--adapter NAME must be 1-64 letters, digits, '_' or '-' and not {BASE_ADAPTER!r}; got {name!r}"
                 )
         for name, path in self.adapters.items():
-            if not (Path(path) / "adapter_config.json").is_file():
+            folder = Path(path)
+            if not folder.exists():
+                where = "" if folder.is_absolute() else f" in {Path.cwd()}"
                 problems.append(
-                    f"--adapter {name}={path}: no adapter_config.json in that folder; "
-                    "give a folder written by save_pretrained (e.g. `ina finetune`'s output)"
+                    f"--adapter {name}={path}: no such folder{where}; give the path of a folder "
+                    "written by save_pretrained (e.g. `ina finetune`'s --output_dir)"
+                )
+            elif not folder.is_dir():
+                problems.append(f"--adapter {name}={path} is a file; give the folder that holds it")
+            elif not (folder / "adapter_config.json").is_file():
+                problems.append(
+                    f"--adapter {name}={path}: the folder holds no adapter_config.json; give a folder written "
+                    "by save_pretrained (e.g. `ina finetune`'s --output_dir)"
                 )
         if self.base_model_id is not None and self.base_model_id in self.adapters:
             problems.append(
@@ -95,10 +109,13 @@ class ServeSettings:
             ("max_batch_size", 1),
             ("max_queue", 1),
             ("max_body_bytes", 1024),
+            ("max_attention_tokens", 1),
         ):
             value = getattr(self, field)
             if not isinstance(value, int) or value < low:
                 problems.append(f"--{field} must be an integer >= {low}; got {value!r}")
+        if isinstance(self.port, int) and self.port > 65535:
+            problems.append(f"--port must be an integer in 0..65535 (0: any free port); got {self.port}")
         if self.batch_window_ms < 0:
             problems.append(f"--batch_window_ms must be >= 0; got {self.batch_window_ms!r}")
         if self.dtype not in DTYPES:

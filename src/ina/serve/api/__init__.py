@@ -9,6 +9,7 @@ It calls only the public methods of `ina.serve.engine.Engine`.
     deps.py        what routes receive (engine, settings) and the server's limits on requests
     middleware.py  API key and request size
     errors.py      the one error envelope and the handlers that answer with it
+    protocol.py    uvicorn's HTTP protocol, answering requests it cannot parse with the envelope too
 """
 
 from ina.serve.api.app import create_app

@@ -44,7 +44,23 @@ def check_request(
     """Refuse an unknown model (404), more choices than the server allows, and features it does not offer."""
     engine.resolve(body.model)
     if body.n > settings.max_n:
-        raise invalid_request(f"`n` must be at most {settings.max_n} on this server; got {body.n}", "n")
+        raise invalid_request(
+            f"`n` must be at most {settings.max_n} on this server; got {body.n}", "n", "too_many_choices"
+        )
+    prompts = (
+        len(body.prompt)
+        if isinstance(body, schemas.CompletionRequest) and isinstance(body.prompt, list)
+        else 1
+    )
+    if prompts * body.n > settings.max_queue:
+        # More rows than the queue holds could never be accepted: a bad request, not a busy server.
+        param = "prompt" if prompts > settings.max_queue else "n"
+        raise invalid_request(
+            f"a request may ask for at most {settings.max_queue} completions (--max_queue): `n` ({body.n}) times "
+            f"the number of prompts ({prompts}) is {prompts * body.n}; send fewer prompts per request",
+            param,
+            "too_many_choices",
+        )
     feature = body.unsupported()
     if feature is not None:
         raise invalid_request(
@@ -57,4 +73,6 @@ def sampling(
 ) -> SamplingParams:
     """How choice ``i`` of ``body`` is decoded (its seed is ``seed + i``, so choices differ yet repeat)."""
     seed = None if body.seed is None else body.seed + i
+    if seed is not None and seed > schemas.SEED_MAX:  # the largest seeds wrap around for the later choices
+        seed -= schemas.SEED_MAX + 1
     return SamplingParams(max_tokens, body.temperature, body.top_p, body.stops(), seed)

@@ -34,7 +34,7 @@ class Guard:
         key = self.settings.api_key
         if key and path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
             given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, b"Bearer " + key.encode()):
+            if not hmac.compare_digest(bearer_token(given), key.encode()):
                 reason = "missing" if not given else "wrong"
                 error = APIError(
                     401,
@@ -55,7 +55,18 @@ class Guard:
             "request_too_large",
         )
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
+        if length is not None and not length.isdigit():  # the HTTP parser refuses most of these first
+            malformed = APIError(
+                400,
+                f"`Content-Length` must be one non-negative integer; got {length[:40]!r}",
+                "invalid_request_error",
+                None,
+                "invalid_http_request",
+            )
+            await send_json(send, 400, malformed.body())
+            return
+        # more than 18 digits is over any limit (and int() refuses 4,300 digits or more)
+        if length is not None and (len(length) > 18 or int(length) > limit):
             await send_json(send, 413, too_big.body())
             return
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
@@ -84,6 +95,12 @@ class Guard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def bearer_token(header: bytes) -> bytes:
+    """The token of an ``Authorization: Bearer TOKEN`` header (the scheme in any case, RFC 7235), else b""."""
+    scheme, _, token = header.strip().partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else b""
 
 
 async def send_json(

@@ -15,13 +15,39 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_validator,
     model_serializer,
 )
 
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # the range torch.Generator.manual_seed accepts
+SEED_RANGE: dict[str, Any] = {"minimum": SEED_MIN, "maximum": SEED_MAX}  # in the OpenAPI schema
+MAX_LAYERS = 1024  # more layer numbers than any model has
+
+
+def check_text(value: Any, field: str) -> Any:
+    """``value`` (a string, or a list of strings) unchanged, if it is valid Unicode: JSON allows lone
+    surrogates (``"\\ud800"``), which no tokenizer (and no UTF-8 encoder) accepts."""
+    for text in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+        if isinstance(text, str) and not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(
+                    f"`{field}` must be valid Unicode text; it holds a lone surrogate "
+                    f"({text[error.start]!r}) at character {error.start}: send each character as UTF-8 "
+                    "or as a complete surrogate pair"
+                ) from None
+    return value
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
+
+    @field_validator("*")
+    @classmethod
+    def _valid_unicode(cls, value: Any, info: ValidationInfo) -> Any:
+        return check_text(value, info.field_name or "text")
 
 
 class TextPart(_Request):
@@ -54,7 +80,7 @@ class _Sampling(_Request):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, json_schema_extra=SEED_RANGE)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -66,6 +92,11 @@ class _Sampling(_Request):
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("`stop` must be a non-empty string or a list of at most 4 non-empty strings")
         return value
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, value: int | None) -> int | None:
+        return check_seed(value)
 
     def stops(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -119,7 +150,12 @@ class InstructionRequest(_Request):
     max_new_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, json_schema_extra=SEED_RANGE)
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, value: int | None) -> int | None:
+        return check_seed(value)
 
 
 class AttentionRequest(_Request):
@@ -128,7 +164,21 @@ class AttentionRequest(_Request):
     model: str
     text: str = Field(min_length=1)
     text_pair: str | None = None
-    layers: list[int] | None = None
+    layers: list[int] | None = Field(default=None, max_length=MAX_LAYERS)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(set(value)) < len(value):
+            raise ValueError("`layers` must name each layer once")
+        return value
+
+
+def check_seed(value: int | None) -> int | None:
+    """``value`` if a ``torch.Generator`` accepts it as a seed."""
+    if value is not None and not SEED_MIN <= value <= SEED_MAX:
+        raise ValueError(f"`seed` must be an integer in [{SEED_MIN}, {SEED_MAX}]; got {value}")
+    return value
 
 
 class Usage(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -13,6 +14,8 @@ from pydantic import BaseModel
 from ina.serve.api import schemas
 from ina.serve.api.errors import APIError, ClientGone, from_engine
 from ina.serve.engine import Engine, EngineError, Event, SamplingParams
+
+DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
 
 
 class Run:
@@ -43,17 +46,24 @@ class Run:
             generation.cancel()
 
     async def events(self, request: Request | None = None) -> AsyncIterator[Event]:
-        """Every event until all generations have finished; checks for a gone client while waiting."""
+        """Every event until all generations have finished.
+
+        With ``request`` (a non-streamed answer), checks every ``DISCONNECT_POLL_S`` whether its client
+        is gone, whether events keep coming or not, and if so cancels the generations (ClientGone).
+        """
         remaining = len(self.generations)
         getter: asyncio.Task[Event] | None = None
+        checked = time.monotonic()
         try:
             while remaining:
+                if request is not None and time.monotonic() - checked >= DISCONNECT_POLL_S:
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
+                        raise ClientGone
                 if getter is None:
                     getter = asyncio.ensure_future(self.queue.get())
-                done, _ = await asyncio.wait({getter}, timeout=0.5)
+                done, _ = await asyncio.wait({getter}, timeout=DISCONNECT_POLL_S)
                 if not done:
-                    if request is not None and await request.is_disconnected():
-                        raise ClientGone
                     continue
                 event, getter = getter.result(), None
                 self.texts[event.tag] += event.text

@@ -25,7 +25,7 @@ import torch
 
 from ina.serve.engine.batch import Batch, ModelRunner, Row
 from ina.serve.engine.detokenize import TextStream
-from ina.serve.engine.sampling import next_tokens
+from ina.serve.engine.sampling import SamplingError, check_seed, next_tokens
 from ina.serve.engine.types import Event, Generation, Stats
 
 logger = logging.getLogger("ina.serve")
@@ -62,7 +62,8 @@ class Scheduler:
         self.stats = stats
         self.queue: queue.Queue[Generation | None] = queue.Queue(maxsize=max_queue)
         self.jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
-        self.active_rows = 0
+        self._batches: list[Batch] = []  # the worker's batches, as of its last turn (read by `active_rows`)
+        self._admitted: list[Row] = []  # rows taken from the queue but not yet in a batch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
@@ -82,6 +83,12 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def active_rows(self) -> int:
+        """Rows being decoded and not finished (a cancelled or failed row stops counting at once)."""
+        rows = [row for batch in list(self._batches) for row in list(batch.rows)] + list(self._admitted)
+        return len({id(row) for row in rows if not row.generation.finished.is_set()})
+
     def add_job(self, job: Job) -> None:
         self.jobs.put(job)
         self.wake()
@@ -97,33 +104,44 @@ class Scheduler:
         batches: list[Batch] = []
         with torch.inference_mode():
             while not self._stop.is_set():
-                self._run_jobs()
-                active = sum(len(b.rows) for b in batches)
-                admitted = self._admit(block=not batches, free=self.max_batch_size - active)
-                if admitted:
-                    try:
-                        batch = self.runner.prefill(admitted)
-                    except Exception as error:  # a model failure must not kill the server
-                        logger.exception("prefill failed")
-                        self._fail(admitted, error)
-                    else:
-                        if batches and self.runner.can_merge(batches[0], batch):
-                            batches[0] = self.runner.merge(batches[0], batch)
-                        else:
-                            batches.append(batch)
-                for batch in list(batches):
-                    try:
-                        self._step(batch)
-                    except Exception as error:
-                        logger.exception("decode step failed")
+                try:
+                    batches = self._cycle(batches)
+                except Exception as error:  # a bug here must not kill the worker (and every stream with it)
+                    logger.exception("the decode loop failed; failing the rows in flight")
+                    for batch in batches:
                         self._fail(batch.rows, error)
-                        batch.rows = []
-                batches = [b for b in batches if b.rows]
-                with self.stats.lock:
-                    self.active_rows = sum(len(b.rows) for b in batches)
+                    self._fail(self._admitted, error)
+                    batches, self._admitted = [], []
+                self._batches = batches
             for batch in batches:
                 for row in batch.rows:
                     self._finish(row, "cancelled")
+
+    def _cycle(self, batches: list[Batch]) -> list[Batch]:
+        """One turn of the loop: jobs, admitting and prefilling new rows, one decode step of every batch."""
+        self._run_jobs()
+        active = sum(len(b.rows) for b in batches)
+        admitted = self._admitted = self._admit(block=not batches, free=self.max_batch_size - active)
+        if admitted:
+            try:
+                batch = self.runner.prefill(admitted)
+            except Exception as error:  # a model failure must not kill the server
+                logger.exception("prefill failed")
+                self._fail(admitted, error)
+            else:
+                if batches and self.runner.can_merge(batches[0], batch):
+                    batches[0] = self.runner.merge(batches[0], batch)
+                else:
+                    batches.append(batch)
+        self._admitted = []  # from here on, every row in flight is in `batches`
+        for batch in list(batches):
+            try:
+                self._step(batch)
+            except Exception as error:
+                logger.exception("decode step failed")
+                self._fail(batch.rows, error)
+                batch.rows = []
+        return [b for b in batches if b.rows]
 
     def _run_jobs(self) -> None:
         while True:
@@ -169,12 +187,17 @@ class Scheduler:
                 taken.append(item)
         rows = []
         for generation in taken:
-            seed = generation.params.seed
-            row = Row(
-                generation,
-                seed if seed is not None else random.getrandbits(63),
-                TextStream(self.decode, generation.params.stop),
-            )
+            try:
+                seed = generation.params.seed
+                check_seed(seed)
+                row = Row(
+                    generation,
+                    seed if seed is not None else random.getrandbits(63),
+                    TextStream(self.decode, generation.params.stop),
+                )
+            except Exception as error:  # this request alone
+                self._finish_generation(generation, "error", error=_describe(error))
+                continue
             if generation.cancelled:
                 self._finish(row, "cancelled")
             else:
@@ -185,18 +208,28 @@ class Scheduler:
         """Pick each row's next token, stream its text, drop finished rows, run the next forward pass."""
         rows = batch.rows
         tokens = next_tokens(batch.logits, [r.generation.params for r in rows], [r.generator for r in rows])
-        keep = []
+        keep, fed = [], []
         for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
             if row.generation.cancelled:
                 self._finish(row, "cancelled")
-            elif not self._advance(row, token):
-                keep.append(i)
+            elif isinstance(token, Exception):  # this row's sampling failed; the others go on
+                self._finish(row, "error", error=_describe(token))
+            else:
+                try:
+                    finished = self._advance(row, token)
+                except Exception as error:  # e.g. detokenising: this row only
+                    logger.exception("generation %s failed", row.generation.id)
+                    self._finish(row, "error", error=_describe(error))
+                    finished = True
+                if not finished:
+                    keep.append(i)
+            fed.append(token if isinstance(token, int) else 0)  # only kept rows' tokens are fed
         self.stats.add("steps")
-        self.stats.add("generated_tokens", len(tokens))
+        self.stats.add("generated_tokens", sum(isinstance(token, int) for token in tokens))
         if not keep:
             batch.rows = []
             return
-        self.runner.step(batch, keep, tokens)
+        self.runner.step(batch, keep, fed)
 
     def _advance(self, row: Row, token: int) -> bool:
         """Add ``token`` to ``row`` and stream its new text; True when the row has finished."""
@@ -221,20 +254,32 @@ class Scheduler:
         return False
 
     def _emit(self, row: Row, event: Event) -> None:
+        self._emit_to(row.generation, event)
+
+    def _emit_to(self, generation: Generation, event: Event) -> None:
         try:
-            row.generation.on_event(event)
+            generation.on_event(event)
         except Exception:  # the listener is gone (e.g. its event loop closed): drop the row
-            logger.debug("listener of generation %s failed; cancelling it", row.generation.id, exc_info=True)
-            row.generation.cancel()
+            logger.debug("listener of generation %s failed; cancelling it", generation.id, exc_info=True)
+            generation.cancel()
 
     def _finish(self, row: Row, reason: str, text: str = "", error: str | None = None) -> None:
-        generation = row.generation
+        self._finish_generation(row.generation, reason, text, error)
+
+    def _finish_generation(
+        self, generation: Generation, reason: str, text: str = "", error: str | None = None
+    ) -> None:
         if generation.finished.is_set():
             return
         generation.finished.set()
         self.stats.add("cancelled" if reason == "cancelled" else "completed")
-        self._emit(row, Event(generation.tag, text, len(generation.token_ids), reason, error))
+        self._emit_to(generation, Event(generation.tag, text, len(generation.token_ids), reason, error))
 
     def _fail(self, rows: list[Row], error: Exception) -> None:
         for row in rows:
-            self._finish(row, "error", error=f"{type(error).__name__}: {error}")
+            self._finish(row, "error", error=_describe(error))
+
+
+def _describe(error: Exception) -> str:
+    """An error as a row's ``Event.error``: sampling errors say it all, others name their type."""
+    return str(error) if isinstance(error, SamplingError) else f"{type(error).__name__}: {error}"

@@ -29,11 +29,13 @@ async def list_models(engine: EngineDep, request: Request) -> schemas.ModelList:
 
 
 @router.get("/v1/models/{model_id}")
-async def get_model(model_id: str, engine: EngineDep, request: Request) -> schemas.ModelCard:
+async def get_model(
+    model_id: str, engine: EngineDep, settings: SettingsDep, request: Request
+) -> schemas.ModelCard:
     for card in cards(engine, request.app.state.created):
         if card.id == model_id:
             return card
-    raise model_not_found(model_id, engine.model_ids)
+    raise model_not_found(model_id, engine.model_ids, settings.unserved.get(model_id))
 
 
 def cards(engine: Engine, created: int) -> list[schemas.ModelCard]:

@@ -1,0 +1,303 @@
+"""Hostile requests (issue 11): each one once broke the server; now each is refused or isolated.
+
+Every test here reproduced its defect against the code before the fix: a dead decode thread, a 500 for a
+whole batch, an internal TypeError, decoding on for a client that had gone, an unbounded attention map.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from ina.serve.engine import SamplingParams
+from ina.serve.server import LiveServer
+
+SEED_RANGE = "[-9223372036854775808, 18446744073709551615]"
+CHAT = {"model": "ina03", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+@pytest.fixture(scope="module")
+def hostile_settings(serve_files: Any) -> Any:
+    from ina.serve.settings import ServeSettings
+
+    return ServeSettings(
+        base_model=str(serve_files.base),
+        adapters=serve_files.adapters,
+        api_key="",
+        max_tokens_cap=1500,
+        max_body_bytes=20_000,
+        max_attention_tokens=24,
+    )
+
+
+@pytest.fixture(scope="module")
+def live(engine: Any, hostile_settings: Any) -> Iterator[LiveServer]:
+    from ina.serve.api import create_app
+
+    with LiveServer(create_app(engine, hostile_settings)) as server:
+        yield server
+
+
+def _error(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"], error
+    return error
+
+
+def _hold_worker(engine: Any, seconds: float) -> Any:
+    """Keep the engine's worker busy, so requests sent meanwhile are admitted as one batch."""
+    started = threading.Event()
+
+    def hold() -> None:
+        started.set()
+        time.sleep(seconds)
+
+    future = engine.run_exclusive(hold)
+    assert started.wait(30)
+    return future
+
+
+# ---------------------------------------------------------------- 1. seeds outside the 64-bit range
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, 10**30])
+def test_seed_outside_the_generator_range_is_400(live: LiveServer, seed: int) -> None:
+    for route, body in (
+        ("/v1/chat/completions", CHAT),
+        ("/v1/completions", {"model": "ina03", "prompt": "hi", "max_tokens": 4}),
+        ("/completion", {"model": "ina03", "instruction": "hi", "max_new_tokens": 4}),
+    ):
+        error = _error(httpx.post(f"{live.url}{route}", json={**body, "seed": seed}, timeout=20), 400)
+        assert error["param"] == "seed" and str(seed) in error["message"] and SEED_RANGE in error["message"]
+    assert httpx.get(f"{live.url}/health").json()["active"] == 0
+
+
+def test_the_largest_seed_with_several_choices_still_answers(live: LiveServer) -> None:
+    body = {**CHAT, "seed": 2**64 - 1, "n": 3, "temperature": 1.0}
+    first = httpx.post(f"{live.url}/v1/chat/completions", json=body, timeout=30)
+    assert first.status_code == 200, first.text
+    again = httpx.post(f"{live.url}/v1/chat/completions", json=body, timeout=30)
+    assert first.json()["choices"] == again.json()["choices"]
+
+
+def test_a_failing_row_fails_alone(engine: Any) -> None:
+    """Rows whose seed the generator refuses, or whose sampling breaks (a NaN temperature, which the API
+    never lets through), fail alone; the rows batched with them answer exactly as they do alone."""
+    good = [
+        ("ina03", engine.encode_text("The quick brown fox"), SamplingParams(max_tokens=8, temperature=0)),
+        ("ina09", engine.encode_text("0 1 2 3"), SamplingParams(max_tokens=8, temperature=0.8, seed=5)),
+        ("tiny-llama", engine.encode_text("hello"), SamplingParams(max_tokens=8, temperature=1.0, seed=2)),
+    ]
+    bad = [
+        ("ina03", engine.encode_text("hello"), SamplingParams(max_tokens=8, temperature=1.0, seed=2**64)),
+        ("ina09", engine.encode_text("hello"), SamplingParams(max_tokens=8, temperature=math.nan)),
+        ("ina03", engine.encode_text("hello"), SamplingParams(max_tokens=8, temperature=1.0, top_p=math.nan)),
+    ]
+    alone = [engine.generate(*job, timeout=60) for job in good]
+    before = engine.stats()
+    held = _hold_worker(engine, 0.5)
+    jobs = good[:2] + bad + good[2:]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda job: engine.generate(*job, timeout=60), jobs))
+    held.result(30)
+    together = results[:2] + results[-1:]
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    assert all(r.finish_reason in ("stop", "length") for r in together)
+    for result in results[2:-1]:
+        assert result.finish_reason == "error" and result.error, result
+    assert "seed" in results[2].error and "temperature" in results[3].error and "top_p" in results[4].error
+    after = engine.stats()
+    assert after["active_rows"] == 0 and after["max_rows_in_step"] >= 4
+    assert after["completed"] - before["completed"] == len(jobs)
+    # the worker is alive and serves the next request
+    assert engine.generate(*good[0], timeout=60).token_ids == alone[0].token_ids
+
+
+# ---------------------------------------------------------------- 2. a top_p that underflows float32
+
+
+def test_top_p_that_rounds_to_zero_samples_the_top_token(live: LiveServer, engine: Any) -> None:
+    tiny = {"model": "ina03", "prompt": "The quick brown fox", "max_tokens": 6, "temperature": 1.0}
+    greedy = httpx.post(f"{live.url}/v1/completions", json={**tiny, "temperature": 0}, timeout=30).json()
+    neighbour = {"model": "ina09", "prompt": "0 1 2 3", "max_tokens": 6, "temperature": 0}
+    alone = httpx.post(f"{live.url}/v1/completions", json=neighbour, timeout=30).json()
+    held = _hold_worker(engine, 0.4)  # both requests in one batch
+    with ThreadPoolExecutor(2) as pool:
+        futures = [
+            pool.submit(httpx.post, f"{live.url}/v1/completions", json=body, timeout=30)
+            for body in ({**tiny, "top_p": 1e-46, "seed": 1}, neighbour)
+        ]
+        replies = [future.result() for future in futures]
+    held.result(30)
+    assert [r.status_code for r in replies] == [200, 200], [r.text for r in replies]
+    assert replies[0].json()["choices"][0]["text"] == greedy["choices"][0]["text"]
+    assert replies[1].json()["choices"][0]["text"] == alone["choices"][0]["text"]
+
+
+def test_sample_keeps_the_top_token_for_any_top_p() -> None:
+    from ina.serve.engine.sampling import sample
+
+    logits = torch.tensor([0.5, 3.0, -1.0, 2.9])
+    generator = torch.Generator().manual_seed(0)
+    for top_p in (1e-46, 1e-300, 5e-324, 1e-8):
+        params = SamplingParams(temperature=1.0, top_p=top_p)
+        assert {sample(logits, params, generator) for _ in range(20)} == {1}
+
+
+# ---------------------------------------------------------------- 3. lone surrogates
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "param"),
+    [
+        ("/v1/completions", '{"model": "ina03", "prompt": "\\ud800x"}', "prompt"),
+        ("/v1/completions", '{"model": "ina03", "prompt": ["ok", "\\udfffy"]}', "prompt"),
+        (
+            "/v1/chat/completions",
+            '{"model": "ina03", "messages": [{"role": "user", "content": "\\ud800x"}]}',
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            '{"model": "ina03", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud800"}]}]}',
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            '{"model": "ina03", "messages": [{"role": "user", "content": "hi"}], "stop": "\\ud800"}',
+            "stop",
+        ),
+        ("/completion", '{"instruction": "\\ud800x"}', "instruction"),
+        ("/completion", '{"instruction": "ok", "input": "\\udc00"}', "input"),
+        ("/v1/attention", '{"model": "ina03", "text": "\\ud800x"}', "text"),
+        (
+            "/v1/chat/completions",
+            '{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}',
+            "model",
+        ),
+    ],
+)
+def test_lone_surrogate_is_400_naming_the_field(live: LiveServer, route: str, body: str, param: str) -> None:
+    reply = httpx.post(
+        f"{live.url}{route}", content=body.encode(), headers={"content-type": "application/json"}, timeout=20
+    )
+    error = _error(reply, 400)
+    assert error["param"] == param and "surrogate" in error["message"]
+
+
+# ---------------------------------------------------------------- 4. a non-streamed client that hangs up
+
+
+def test_non_streamed_client_gone_mid_decode_stops_the_work(live: LiveServer, engine: Any) -> None:
+    """A client waiting for a 1,500-token answer hangs up while it decodes: the row is cancelled within a
+    second or so, long before max_tokens (alone it decodes for 5-15 s here)."""
+    body = json.dumps(
+        {"model": "tiny-llama", "prompt": "hello", "max_tokens": 1500, "temperature": 0}
+    ).encode()
+    head = (
+        "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    before = engine.stats()
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        deadline = time.time() + 20
+        while engine.stats()["generated_tokens"] - before["generated_tokens"] < 20:
+            assert time.time() < deadline, "the request never started decoding"
+            time.sleep(0.02)
+    hung_up = time.time()
+    while engine.stats()["cancelled"] == before["cancelled"] and time.time() < hung_up + 10:
+        time.sleep(0.02)
+    after, waited = engine.stats(), time.time() - hung_up
+    assert after["cancelled"] == before["cancelled"] + 1, "the row was not cancelled"
+    assert waited < 5, f"cancelled {waited:.1f} s after the client hung up"
+    assert after["generated_tokens"] - before["generated_tokens"] < 1500
+    assert after["active_rows"] == 0 and httpx.get(f"{live.url}/health").json()["active"] == 0
+
+
+# ---------------------------------------------------------------- 5. attention maps are bounded
+
+
+def test_attention_refuses_texts_over_the_token_limit(live: LiveServer) -> None:
+    url = f"{live.url}/v1/attention"
+    ok = httpx.post(url, json={"model": "ina03", "text": "the cat sat", "layers": [1]}, timeout=30)
+    assert ok.status_code == 200, ok.text
+    words = " ".join(["word"] * 1000)
+    error = _error(httpx.post(url, json={"model": "ina03", "text": words}, timeout=30), 400)
+    assert error["param"] == "text" and error["code"] == "attention_too_long"
+    assert "--max_attention_tokens" in error["message"] and "24" in error["message"]
+    pair = {"model": "ina03", "text": "one two", "text_pair": words}
+    assert _error(httpx.post(url, json=pair, timeout=30), 400)["param"] == "text"
+    repeated = {"model": "ina03", "text": "hi", "layers": [1] * 1000}
+    assert _error(httpx.post(url, json=repeated, timeout=30), 400)["param"] == "layers"
+
+
+# ---------------------------------------------------------------- 6. smaller: limits, auth, codes, framing
+
+
+def test_too_many_rows_in_one_request_is_400_not_503(live: LiveServer, hostile_settings: Any) -> None:
+    prompts = ["a"] * (hostile_settings.max_queue + 1)
+    reply = httpx.post(f"{live.url}/v1/completions", json={"model": "ina03", "prompt": prompts}, timeout=30)
+    error = _error(reply, 400)
+    assert error["param"] == "prompt" and str(hostile_settings.max_queue) in error["message"]
+    body = {"model": "ina03", "prompt": ["a"] * 40, "n": 8, "max_tokens": 1}
+    assert _error(httpx.post(f"{live.url}/v1/completions", json=body, timeout=30), 400)["param"] == "n"
+    assert httpx.get(f"{live.url}/health").json()["queued"] == 0
+
+
+def test_bearer_scheme_is_case_insensitive(engine: Any, serve_files: Any) -> None:
+    from ina.serve.api import create_app
+    from ina.serve.settings import ServeSettings
+
+    settings = ServeSettings(
+        base_model=str(serve_files.base), adapters=serve_files.adapters, api_key="s3cret"
+    )
+    with LiveServer(create_app(engine, settings)) as server:
+        for header in ("Bearer s3cret", "bearer s3cret", "BEARER s3cret", "beaRer   s3cret"):
+            reply = httpx.get(f"{server.url}/v1/models", headers={"authorization": header})
+            assert reply.status_code == 200, (header, reply.text)
+        for header in ("Basic s3cret", "Bearer s3cre", "Bearers3cret", "s3cret", "Bearer"):
+            error = _error(httpx.get(f"{server.url}/v1/models", headers={"authorization": header}), 401)
+            assert error["code"] == "invalid_api_key"
+
+
+def test_every_error_has_a_code(live: LiveServer) -> None:
+    _error(httpx.get(f"{live.url}/v1/nothing"), 404)
+    _error(httpx.get(f"{live.url}/v1/chat/completions"), 405)
+    _error(httpx.get(f"{live.url}/v1/models/nope"), 404)
+    _error(httpx.post(f"{live.url}/v1/completions", json={"model": "ina03", "prompt": "a", "n": 9}), 400)
+    _error(httpx.post(f"{live.url}/completion", json={"model": "ina03", "instruction": "x" * 21_000}), 413)
+    empty_user = {"model": "ina09", "messages": [{"role": "system", "content": "hi"}]}
+    _error(httpx.post(f"{live.url}/v1/chat/completions", json=empty_user), 400)
+    headers = {"content-type": "application/json"}
+    for body in ('{"model": "ina03", "prompt": "hi", "seed": ' + "9" * 5000 + "}", "[" * 5000 + "]" * 5000):
+        reply = httpx.post(f"{live.url}/v1/completions", content=body.encode(), headers=headers)
+        assert _error(reply, 400)["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("length", [b"abc", b"-5", b"1, 2", b"99999999999999999999999"])
+def test_malformed_content_length_gets_the_envelope(live: LiveServer, length: bytes) -> None:
+    request = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    request += b"Content-Length: " + length + b"\r\n\r\n{}"
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    assert 400 <= status < 500, data
+    assert b"content-type: application/json" in head.lower(), data
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"], error
