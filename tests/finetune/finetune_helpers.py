@@ -7,6 +7,7 @@ step gets ~15x slower, so these tests run torch (and their subprocesses) on one 
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,10 @@ QUICK = [
     "--batch_size", "4", "--micro_batch_size", "2", "--val_set_size", "4", "--show_examples", "1",
     "--example_max_new_tokens", "4", "--disable_tqdm", "true", "--lora_target_modules", "q_proj,v_proj",
 ]  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a torchrun rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

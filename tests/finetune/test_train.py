@@ -55,7 +55,7 @@ def test_run_writes_a_verified_adapter_summary_and_curve(trained: dict[str, Any]
     assert config["peft_type"] == "INA" and config["inhibition"] == 0.3
     assert sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
     tensors = load_file(str(out / "adapter_model.safetensors"))
-    assert len(tensors) == 2 * 2 * 4  # 2 layers × 4 modules × (A, B)
+    assert len(tensors) == 2 * 4 * 3  # 2 layers × 4 modules × (A, B, the ina_inhibition marker)
     assert all(
         t.abs().sum() > 0 for name, t in tensors.items() if "lora_B" in name
     )  # trained, not the zero init

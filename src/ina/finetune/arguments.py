@@ -17,9 +17,10 @@ from typing import Any
 
 from ina.embedded import DEMO_ADAPTER_DIR
 from ina.foundation import arguments as flags
-from ina.foundation.adapters import AdapterArguments
+from ina.foundation.adapters import AdapterArguments, adapter_problems
 from ina.foundation.errors import UsageError
 from ina.foundation.models import DTYPES
+from ina.foundation.prompts import PromptTemplate
 
 option = flags.option
 
@@ -78,6 +79,11 @@ class FinetuneArguments(AdapterArguments):
     resume_from_checkpoint: str = option(
         "", "checkpoint folder to resume from, or 'last' for the newest checkpoint in --output_dir"
     )
+    overwrite_output_dir: bool = option(
+        False,
+        "start afresh in an --output_dir that holds a finished or unfinished run (its checkpoints are "
+        "removed first); without it such a folder is refused",
+    )
     prompt_template_name: str = option(
         "auto",
         "alpaca, alpaca_zh, chat (the tokenizer's chat template), a template .json file, or auto "
@@ -105,6 +111,11 @@ class FinetuneArguments(AdapterArguments):
         3, "held-out prompts answered by the base and the fine-tuned model at the end"
     )
     example_max_new_tokens: int = option(48, "tokens generated per example answer")
+    eval: bool = option(
+        False,
+        "at the end, run `ina eval` (ina's offline tasks) on the new adapter and its base; table in OUTPUT_DIR/eval",
+    )
+    eval_limit: int = option(0, "examples per task for --eval (0: all)")
     seed: int = option(42, "random seed (data split, shuffling, adapter initialisation)")
 
     def __post_init__(self) -> None:
@@ -162,10 +173,20 @@ class FinetuneArguments(AdapterArguments):
             problems.append(f"--dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if self.max_records < 0:
             problems.append(f"--max_records must be ≥ 0; got {self.max_records}")
+        if self.eval_limit < 0:
+            problems.append(f"--eval_limit must be ≥ 0 (0: every example); got {self.eval_limit}")
         try:
             self.target_modules()
         except FinetuneError as error:
             problems.append(str(error))
+        problems += adapter_problems(self)  # e.g. --activation foo, before any model is loaded
+        if self.prompt_template_name != "auto":
+            try:
+                PromptTemplate.load(self.prompt_template_name)
+            except UsageError as error:
+                problems.append(str(error))
+        if self.output_dir and os.path.isfile(self.output_dir):
+            problems.append(f"--output_dir {self.output_dir!r} is a file; give a folder")
         return problems
 
 
@@ -225,10 +246,11 @@ def training_arguments(finetune: FinetuneArguments, extra: list[str], world_size
     from ina.foundation.harness import errors_as
 
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    per_device, accumulation = split_batch(finetune.batch_size, finetune.micro_batch_size, world)
     derived: dict[str, Any] = {
-        "per_device_train_batch_size": finetune.micro_batch_size,
+        "per_device_train_batch_size": per_device,
         "per_device_eval_batch_size": finetune.micro_batch_size,
-        "gradient_accumulation_steps": max(1, finetune.batch_size // finetune.micro_batch_size // world),
+        "gradient_accumulation_steps": accumulation,
         "num_train_epochs": finetune.num_epochs,
         "learning_rate": finetune.learning_rate,
         "warmup_steps": 0.03,
@@ -245,5 +267,49 @@ def training_arguments(finetune: FinetuneArguments, extra: list[str], world_size
     }
     if finetune.group_by_length:
         derived["train_sampling_strategy"] = "group_by_length"
+    from ina.finetune.launch import uses_deepspeed
+
+    if uses_deepspeed(extra):
+        derived["use_cpu"] = (
+            False  # accelerate turns DeepSpeed off for "CPU" processes; it runs on CPUs (gloo)
+        )
     with errors_as(FinetuneError):
         return flags.training_arguments(extra, finetune.output_dir, derived, command="ina finetune")
+
+
+def split_batch(batch_size: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:
+    """(examples per forward per process, accumulation steps) whose product × ``world_size`` is ``batch_size``.
+
+    The per-process batch is the largest divisor of ``batch_size / world_size`` not above ``micro_batch_size``
+    (``--batch_size 4 --micro_batch_size 4`` on 2 processes: 2 × 1 × 2 = 4). When ``batch_size`` is not a
+    multiple of ``world_size`` it cannot be kept: each process then takes ``ceil(batch_size / world_size)``
+    examples (capped at ``micro_batch_size``) and `batch_note` says so.
+    """
+    if world_size <= 1:
+        return micro_batch_size, max(1, batch_size // micro_batch_size)
+    share, rest = divmod(batch_size, world_size)
+    if rest or not share:
+        per_device = min(micro_batch_size, -(-batch_size // world_size))
+        return per_device, max(1, -(-batch_size // (per_device * world_size)))
+    per_device = max(d for d in range(1, min(micro_batch_size, share) + 1) if share % d == 0)
+    return per_device, share // per_device
+
+
+def batch_note(finetune: FinetuneArguments, per_device: int, accumulation: int, world: int) -> str | None:
+    """One line when a step's examples (``per_device × accumulation × world``) differ from ``--batch_size``,
+    or when the micro-batch was lowered to keep it; None when the run is as asked."""
+    effective = per_device * accumulation * world
+    split = f"{per_device} per forward × {accumulation} accumulation step(s) × {world} process(es)"
+    if effective != finetune.batch_size:
+        why = (
+            f"--batch_size is not a multiple of the {world} processes"
+            if finetune.batch_size % world
+            else "set by --per_device_train_batch_size / --gradient_accumulation_steps"
+        )
+        return f"note: each optimizer step sees {effective} examples ({split}), not --batch_size {finetune.batch_size} ({why})"
+    if per_device != finetune.micro_batch_size:
+        return (
+            f"note: --batch_size {finetune.batch_size} is kept over {world} process(es): {split} "
+            f"(--micro_batch_size {finetune.micro_batch_size} lowered to {per_device})"
+        )
+    return None

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ina.finetune import launch
 from ina.finetune.arguments import FinetuneArguments, FinetuneError, resolve, training_arguments
 from ina.finetune.dataset import prepare_data
 from ina.finetune.report import format_report, heldout_answers, plot_losses
@@ -132,11 +134,18 @@ def _finetune(
     from ina.foundation.models import load_tokenizer
 
     started = time.time()
-    args = training_arguments(options, tokens)
+    args, notes = launch.checked_training_arguments(options, tokens, cuda=torch.cuda.is_available())
     main = args.process_index == 0
     say = log if main else (lambda *_: None)
     quantization_config(options)  # no GPU or no bitsandbytes: say so before anything else
     resume = harness.resume_target(options.resume_from_checkpoint, args.output_dir)
+    # another run's folder is refused (nothing touched) unless resumed or --overwrite_output_dir is given
+    try:
+        stale = harness.stale_checkpoints(args.output_dir, resume, options.overwrite_output_dir)
+    except harness.TrainingError as error:  # said once, by the first process
+        raise FinetuneError(launch.stop_quietly(str(error))) from None
+    for note in notes:
+        say(note)
     if not options.base_model or not options.data_path:
         # one process per machine converts/builds the embedded defaults; the others then find them ready
         with args.main_process_first(desc="preparing the embedded defaults"):
@@ -149,6 +158,10 @@ def _finetune(
     base_name = base_model_name(options)
     tokenizer = load_tokenizer(base_name, "--base_model", trust_remote_code=options.trust_remote_code)
     data = prepare_data(options, tokenizer, say)
+    if stale and main:
+        say(f"--overwrite_output_dir: removing the previous run's {', '.join(p.name for p in stale)}")
+        for folder in stale:
+            shutil.rmtree(folder)
     torch.manual_seed(options.seed)
     model = add_adapter(load_model(options), options)
     trainable, total = harness.trainable_parameters(model)
@@ -231,4 +244,15 @@ def _finetune(
         plot_losses(trainer.state.log_history, val_before, out / CURVE_FILE)
         say(format_report(summary))
     trainer.accelerator.wait_for_everyone()
+    if main and options.eval:
+        # `ina eval` in a process of its own (rooms do not import rooms), GPU memory freed
+        from ina.foundation.commands import run_ina
+
+        del trainer, model
+        torch.cuda.empty_cache()
+        argv = ["eval", "--adapter", f"finetuned={args.output_dir}", "--base_model", base_name]
+        argv += ["--output_dir", str(Path(args.output_dir) / "eval")]
+        argv += ["--limit", str(options.eval_limit)] if options.eval_limit else []
+        if run_ina(argv):
+            raise FinetuneError(f"--eval: `ina {' '.join(argv)}` failed (see above); the adapter is saved")
     return summary

@@ -48,6 +48,7 @@ __all__ = [
     "record",
     "resume_target",
     "save_adapter",
+    "stale_checkpoints",
     "train",
     "trainable_parameters",
     "training_arguments",
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 RESULT_FILE = "result.json"
+_SUMMARY = "training_summary.json"  # what `ina finetune` writes last
 _STAGING = ".adapter-staging"
 
 
@@ -84,9 +86,9 @@ def peft_model(model: Any, config: Any, adapter_name: str = "default", **kwargs:
 
 
 def trainable_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts (whole sizes under DeepSpeed ZeRO-3, not this process's shard)."""
+    sizes = [(getattr(p, "ds_numel", None) or p.numel(), p.requires_grad) for p in model.parameters()]
+    return sum(n for n, trained in sizes if trained), sum(n for n, _ in sizes)
 
 
 def build_trainer(
@@ -101,17 +103,19 @@ def build_trainer(
 ) -> Any:
     """A `transformers.Trainer`; without ``eval_dataset`` periodic evaluation is off (``arguments`` is updated).
 
+    A causal LM's eval loss is the token mean over the whole eval set, the same number under any batch
+    size and number of processes (see `_trainer_class`).
+
     With activation checkpointing, the frozen base's inputs are made to require gradients, or no
     gradient would reach the adapter through the checkpointed layers.
     """
-    from transformers import Trainer
     from transformers.trainer_utils import IntervalStrategy
 
     if eval_dataset is None:
         arguments.eval_strategy = IntervalStrategy.NO
     if getattr(arguments, "activation_checkpointing", False):
         model.enable_input_require_grads()
-    return Trainer(
+    return _trainer_class()(
         model=model,
         args=arguments,
         train_dataset=train_dataset,
@@ -121,6 +125,71 @@ def build_trainer(
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
+
+
+_TRAINER: list[type] = []
+
+
+def _trainer_class() -> type:
+    """`transformers.Trainer` whose loss-only evaluation of a causal LM is the same for any batch size and process count.
+
+    The Trainer's own eval loss is a mean of per-batch losses; under N processes transformers also
+    averages tokens across the N batches of a step, so 1 and 2 processes give different numbers on the
+    same examples. Here each example's summed token loss and token count are gathered (duplicates
+    padded in by the distributed sampler dropped) and the loss is their ratio over the whole set.
+    """
+    if _TRAINER:
+        return _TRAINER[0]
+    import torch
+    from transformers import Trainer
+
+    class ExactLossTrainer(Trainer):
+        _totals: list[float] | None = None
+
+        def evaluation_loop(self, dataloader: Any, description: str, *args: Any, **kwargs: Any) -> Any:
+            self._totals = [0.0, 0.0]
+            try:
+                output = super().evaluation_loop(dataloader, description, *args, **kwargs)
+            finally:
+                (loss, tokens), self._totals = self._totals, None
+            if tokens:
+                prefix = kwargs.get("metric_key_prefix", args[2] if len(args) > 2 else "eval")
+                rest = {k: v for k, v in (output.metrics or {}).items() if k != f"{prefix}_loss"}
+                output = output._replace(metrics={f"{prefix}_loss": loss / tokens, **rest})
+            return output
+
+        def prediction_step(
+            self, model: Any, inputs: Any, prediction_loss_only: bool, *args: Any, **kw: Any
+        ) -> Any:
+            labels = inputs.get("labels")
+            exact = (
+                self._totals is not None
+                and prediction_loss_only
+                and getattr(self, "_loss_shifts_labels", False)
+                and labels is not None
+                and labels.shape == inputs.get("input_ids", labels[..., :0]).shape
+            )
+            if not exact:
+                return super().prediction_step(model, inputs, prediction_loss_only, *args, **kw)
+            inputs = self._prepare_inputs(inputs)
+            labels = inputs["labels"]
+            with torch.no_grad(), self.compute_loss_context_manager():
+                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            targets = labels[:, 1:]
+            losses = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
+            )
+            rows = torch.stack([losses.sum(1).double(), (targets != -100).sum(1).double()], dim=1)
+            # every process's rows, in dataset order, without the examples the sampler repeated
+            rows = self.accelerator.gather_for_metrics(rows).cpu()
+            for row_loss, row_tokens in rows.tolist():
+                self._totals[0] += row_loss  # type: ignore[index]
+                self._totals[1] += row_tokens  # type: ignore[index]
+            return None, None, None
+
+    _TRAINER.append(ExactLossTrainer)
+    return ExactLossTrainer
 
 
 @dataclass
@@ -167,6 +236,43 @@ def resume_target(
     return value
 
 
+def stale_checkpoints(output_dir: PathLike, resume: str | bool | None, overwrite: bool) -> list[Path]:
+    """Refuse an ``output_dir`` holding another run unless asked; return the checkpoints a fresh start replaces.
+
+    A finished run (a final adapter or summary) needs ``--overwrite_output_dir``; an unfinished one
+    (``checkpoint-*`` only) needs ``--resume_from_checkpoint`` or ``--overwrite_output_dir``. With
+    ``overwrite`` and no ``resume``, its ``checkpoint-*`` folders are returned (for the caller to remove:
+    they would mix with the new run's); nothing is changed here. Raises `TrainingError` naming the fix.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    checkpoints = sorted(
+        (p for p in folder.glob("checkpoint-*") if p.is_dir()), key=lambda p: _step_of(p.name)
+    )
+    finished = [n for n in ("adapter_model.safetensors", _SUMMARY, RESULT_FILE) if (folder / n).is_file()]
+    if overwrite:
+        return [] if resume else checkpoints
+    if finished:
+        raise TrainingError(
+            f"--output_dir {folder} holds a finished run ({', '.join(finished)}"
+            f"{', ' + checkpoints[-1].name if checkpoints else ''}); nothing was changed. Pass "
+            "--overwrite_output_dir to replace it, or choose a new --output_dir"
+        )
+    if checkpoints and not resume:
+        raise TrainingError(
+            f"--output_dir {folder} holds an unfinished run ({', '.join(p.name for p in checkpoints)}, no final "
+            "adapter); nothing was changed. Pass --resume_from_checkpoint last to continue it, "
+            "--overwrite_output_dir to start afresh, or choose a new --output_dir"
+        )
+    return []
+
+
+def _step_of(name: str) -> int:
+    suffix = name.rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else -1
+
+
 def is_main_process(trainer: Any) -> bool:
     """Whether this is the process that writes files (the only process of a plain run)."""
     return trainer.args.process_index == 0
@@ -196,9 +302,12 @@ def save_adapter(
     (``adapter_checksums``), the saved file has a non-empty A and B per adapted module
     (``adapter_tensors``), and, with ``verify``, the saved adapter reloaded next to the trained one
     gives its logits on a few ``rows`` (default: the eval, else the train dataset)
-    (``reload_max_abs_logit_diff``). Raises `TrainingError` when a check fails.
+    (``reload_max_abs_logit_diff``). Raises `TrainingError` when a check fails. The saved files'
+    sha256 (``adapter_sha256``) is compared by every later load of the folder (`ina.core.loading`).
     """
     import torch
+
+    from ina.core.loading import CHECKSUM_KEY, adapter_checksums
 
     out = Path(folder if folder is not None else trainer.args.output_dir)
     main = is_main_process(trainer)
@@ -229,6 +338,7 @@ def save_adapter(
         for name, data in (files or {}).items():
             write_json(staging / name, data)
         checks["adapter_tensors"] = verify_adapter_files(staging, model)
+        checks[CHECKSUM_KEY] = adapter_checksums(staging)  # every later load of the folder compares it
         if verify and not sharded:
             checks["reload_max_abs_logit_diff"] = _reload_logit_diff(trainer, model, staging, rows)
         for item in staging.iterdir():

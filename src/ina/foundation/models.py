@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from ina.foundation.errors import UsageError
@@ -82,10 +83,38 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0][:200] if text else ''}"
 
 
-def _offline_hint(name: str) -> str:
-    if not os.path.exists(name) and os.environ.get("HF_HUB_OFFLINE") == "1":
-        return " (offline: give a local folder, or `minilm` / `smollm` for the embedded defaults)"
-    return ""
+def _offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in _OFFLINE_VARIABLES)
+
+
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_FOLDER = "a model folder (config.json, weights, tokenizer files)"
+
+
+def check_model_source(name: str, flag: str = "--base_model") -> None:
+    """Refuse, before any loading, a ``name`` that is a file or a path (``/``, ``.``, ``~``) to nothing.
+
+    A bare ``name`` or ``owner/name`` may be a hub id, checked when it is loaded (`source_error`).
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        raise UsageError(f"{flag} {name!r} is a file; give {_FOLDER}")
+    local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+    if local and not path.exists():
+        raise UsageError(f"{flag} {name!r}: no such folder; give {_FOLDER}, or `minilm` / `smollm`")
+
+
+def source_error(name: str, flag: str, error: BaseException, what: str = "it") -> UsageError:
+    """The `UsageError` for a model ``name`` whose loading raised ``error``, naming the real cause."""
+    if not Path(name).expanduser().exists() and (_offline() or "connect" in str(error)):
+        return UsageError(
+            f"{flag} {name!r}: not a local folder, and the Hugging Face hub is unreachable "
+            f"(HF_HUB_OFFLINE=1, or no network) with no cached copy of {what}; download it "
+            f"once online (`hf download {name}`), or give {_FOLDER}, or `minilm` / `smollm` (embedded, offline)"
+        )
+    return UsageError(
+        f"{flag} {name!r}: cannot load {what} ({_first_line(error)}); give {_FOLDER} or, online, a hub id"
+    )
 
 
 def load_tokenizer(
@@ -103,11 +132,15 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     source = tokenizer_name or name
+    source_flag = "--tokenizer_name" if tokenizer_name else flag
+    check_model_source(source, source_flag)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError, TypeError) as error:
+    except OSError as error:
+        raise source_error(source, source_flag, error, "its tokenizer") from error
+    except (ValueError, TypeError) as error:
         raise UsageError(
-            f"{flag} {name!r} has no usable tokenizer{_offline_hint(source)} ({_first_line(error)}); give a model "
+            f"{flag} {name!r} has no usable tokenizer ({_first_line(error)}); give a model "
             "folder with its tokenizer files (or, online, a hub name), or pass --tokenizer_name"
         ) from error
     # transformers 5 builds an empty tokenizer from config.json alone; a real one has more than its specials.
@@ -141,6 +174,7 @@ def load_pretrained(auto_class: Any, name: str, flag: str = "--base_model", **kw
 
     from transformers.utils import logging as transformers_logging
 
+    check_model_source(name, flag)
     verbosity = transformers_logging.get_verbosity()
     bars = transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()
@@ -149,10 +183,7 @@ def load_pretrained(auto_class: Any, name: str, flag: str = "--base_model", **kw
     try:
         return auto_class.from_pretrained(name, **kwargs)
     except OSError as error:
-        raise UsageError(
-            f"{flag} {name!r}: cannot load it{_offline_hint(name)} ({_first_line(error)}). Give a local model "
-            "folder (config.json + weights + tokenizer) or, online, a hub name."
-        ) from error
+        raise source_error(name, flag, error) from error
     finally:
         transformers_logging.set_verbosity(verbosity)
         if bars:
@@ -175,8 +206,13 @@ def load_with_adapters(
     Adapters may be InA, the authors' format or plain LoRA (`ina.core.loading.load_adapter`). An adapter
     that does not fit the model raises a `UsageError` naming it and ``flag``.
     """
-    from ina.core.loading import load_adapter
+    from ina.core.loading import AdapterFileError, check_adapter_folder, load_adapter
 
+    for adapter, path in adapters.items():  # cheap checks of every folder before any model is loaded
+        try:
+            check_adapter_folder(path)
+        except AdapterFileError as error:
+            raise AdapterFileError(f"--adapter {adapter}={path}: {error}") from error
     if auto_class is None:
         from transformers import AutoModelForCausalLM as auto_class
     target = resolve_device(device)
@@ -185,6 +221,8 @@ def load_with_adapters(
     for adapter, path in adapters.items():
         try:
             model = load_adapter(model, path, adapter_name=adapter)
+        except AdapterFileError as error:
+            raise AdapterFileError(f"--adapter {adapter}={path}: {error}") from error
         except (ValueError, KeyError, RuntimeError) as error:
             raise UsageError(
                 f"--adapter {adapter}={path}: cannot load it onto {flag} {name!r}; was it trained on another "
