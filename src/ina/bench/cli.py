@@ -14,7 +14,9 @@ from ina.foundation.arguments import add_arguments, from_namespace
 
 SERVE_DESCRIPTION = (
     "Benchmark `ina serve`: requests/s and time to first token for 1, 8 and 32 concurrent streaming clients. "
-    "Without --url, starts `ina serve` (a child process) on a free loopback port and stops it at the end."
+    "Without --url, starts `ina serve` (a child process) on a free loopback port and stops it at the end. "
+    "With --adapters N [N ...]: tokens/s, TTFT and latency as the number of adapters in use grows, in "
+    "alternating rounds, with the ratio to the smallest N."
 )
 
 
@@ -58,7 +60,11 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from ina.bench.report import format_table, write_report
     from ina.bench.training import run_bench
+    from ina.foundation.errors import UsageError
+    from ina.foundation.files import output_problem
 
+    if problem := output_problem(args.json, "--json"):  # before minutes of benchmarking, not after
+        raise UsageError(problem)
     report = run_bench(from_namespace(BenchSettings, args), log=_log)
     print(format_table(report))
     if args.json:
@@ -76,7 +82,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ServerStartError as error:
         _log(f"ina bench serve: {error}")
         return 1
-    print(format_serving_table(report))
+    if "summary" in report:  # --adapters: the whole report (every run and the summary)
+        from ina.bench.serving_adapters import format_adapters_table
+
+        print(format_adapters_table(report))
+    else:
+        print(format_serving_table(report))
     if args.json:
-        write_report(report["rows"], args.json)
+        write_report(report.get("rows", report), args.json)
     return 0

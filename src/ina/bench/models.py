@@ -10,6 +10,7 @@ from torch import nn
 
 from ina.bench.settings import PRESETS, TARGETS, BenchSettings
 from ina.core.config import InAConfig
+from ina.foundation.adapters import target_modules_for
 from ina.foundation.models import load_pretrained
 
 
@@ -19,7 +20,7 @@ def build_model(settings: BenchSettings, device: torch.device, dtype: torch.dtyp
 
     if settings.model is not None:
         model = load_pretrained(transformers.AutoModelForCausalLM, settings.model, "--model", dtype=dtype)
-        return model.to(device)
+        return _with_targets(model.to(device), settings)
     config = transformers.LlamaConfig(
         **PRESETS[settings.preset or "tiny"],
         max_position_embeddings=4096,
@@ -30,7 +31,14 @@ def build_model(settings: BenchSettings, device: torch.device, dtype: torch.dtyp
     torch.manual_seed(settings.seed)
     with torch.device(device):
         model = transformers.LlamaForCausalLM(config)
-    return model.to(dtype)
+    return _with_targets(model.to(dtype), settings)
+
+
+def _with_targets(model: nn.Module, settings: BenchSettings) -> nn.Module:
+    """``model``, once ``--targets`` is known to name some of its linear layers (a `UsageError` otherwise)."""
+    if settings.targets not in TARGETS:
+        target_modules_for(model, settings.targets.split(","), flag="--targets")
+    return model
 
 
 def adapter_config(settings: BenchSettings, inhibition: float) -> Any:

@@ -48,6 +48,7 @@ class VariantResult:
     peak_memory_bytes: int | None = None
     saved_for_backward_bytes: int | None = None
     decode_ms_per_token: Spread | None = None
+    decode_cpu_ms_per_token: Spread | None = None
     note: str = ""
 
 
@@ -86,6 +87,14 @@ def make_report(
                 r.decode_ms_per_token and r.decode_ms_per_token.median,
                 base and base.decode_ms_per_token and base.decode_ms_per_token.median,
             ),
+            "decode_vs_lora": _ratio(
+                r.decode_ms_per_token and r.decode_ms_per_token.median,
+                lora and lora.decode_ms_per_token and lora.decode_ms_per_token.median,
+            ),
+            "decode_cpu_vs_lora": _ratio(
+                r.decode_cpu_ms_per_token and r.decode_cpu_ms_per_token.median,
+                lora and lora.decode_cpu_ms_per_token and lora.decode_cpu_ms_per_token.median,
+            ),
         }
     return {
         "settings": settings,
@@ -103,14 +112,15 @@ def format_table(report: dict[str, Any]) -> str:
     """The report as a Markdown table: medians, spreads and ratios against the frozen base."""
     rows = [
         "| variant | trainable | step ms, median [IQR] | × base | × LoRA | CPU ms | × base | × LoRA | peak MiB | × base | saved MiB | × base "
-        "| decode ms/token | × base |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| decode ms/token [IQR] | × base | × LoRA | decode CPU ms | × LoRA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     mib = 1 / 2**20
     for name, r in report["variants"].items():
         ratio = report["ratios"][name]
         step = r["step_ms"]
         decode = r["decode_ms_per_token"]
+        decode_cpu = r.get("decode_cpu_ms_per_token")
         peak = r["peak_memory_bytes"]
         saved = r["saved_for_backward_bytes"]
         rows.append(
@@ -129,8 +139,11 @@ def format_table(report: dict[str, Any]) -> str:
                     _fmt(ratio["peak_memory_vs_base"], ".3f"),
                     _fmt(saved * mib if saved is not None else None, ".1f"),
                     _fmt(ratio["saved_for_backward_vs_base"], ".3f"),
-                    f"{decode['median']:.2f}" if decode else "—",
+                    f"{decode['median']:.2f} [{decode['q1']:.2f}, {decode['q3']:.2f}]" if decode else "—",
                     _fmt(ratio["decode_vs_base"], ".3f"),
+                    _fmt(ratio.get("decode_vs_lora"), ".3f"),
+                    f"{decode_cpu['median']:.2f}" if decode_cpu else "—",
+                    _fmt(ratio.get("decode_cpu_vs_lora"), ".3f"),
                 ]
             )
             + " |"

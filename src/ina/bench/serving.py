@@ -98,16 +98,25 @@ async def run_level(
         await asyncio.gather(*(client_loop(i, client) for i in range(clients)))
         wall = time.perf_counter() - start
     ttfts = sorted(r["ttft"] for r in results)
+    latencies = sorted(r["latency"] for r in results)
     return {
         "clients": clients,
         "requests": len(results),
         "seconds": wall,
         "requests_per_s": len(results) / wall,
+        "tokens": sum(r["tokens"] for r in results),
         "tokens_per_s": sum(r["tokens"] for r in results) / wall,
         "ttft_p50_ms": 1000 * statistics.median(ttfts),
-        "ttft_p95_ms": 1000 * ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))],
-        "latency_p50_ms": 1000 * statistics.median(r["latency"] for r in results),
+        "ttft_p95_ms": 1000 * _percentile(ttfts, 0.95),
+        "latency_p50_ms": 1000 * statistics.median(latencies),
+        "latency_p95_ms": 1000 * _percentile(latencies, 0.95),
+        "latency_p99_ms": 1000 * _percentile(latencies, 0.99),
     }
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile of sorted values."""
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _free_port() -> int:
@@ -149,8 +158,9 @@ def serve_process(
     log_path: Path,
     log: Callable[[str], None] = lambda line: None,
     timeout: float = STARTUP_TIMEOUT_S,
-) -> Iterator[str]:
-    """Run ``ina serve`` on ``base_model`` and ``adapters`` in a child process; yields its URL, then stops it."""
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Run ``ina serve`` on ``base_model`` and ``adapters`` in a child process; yields its URL and the process,
+    then stops it."""
     port = _free_port()
     command = [sys.executable, "-m", "ina", "serve", "--base_model", base_model, "--port", str(port)]
     for name, path in adapters.items():
@@ -163,13 +173,15 @@ def serve_process(
         environment.pop(API_KEY_ENV, None)  # no key given: the server must not require one
     if settings.num_threads:
         command += ["--num_threads", str(settings.num_threads)]
+    if settings.peft_path:
+        environment["INA_GATHERED"] = "0"  # ina.core.gathered.is_enabled
     url = f"http://127.0.0.1:{port}"
     log(f"ina bench serve: starting `ina serve` on {base_model} with adapters {sorted(adapters)} at {url}")
     with open(log_path, "wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment)
     try:
         wait_for_health(url, process, log_path, timeout)
-        yield url
+        yield url, process
     finally:
         if process.poll() is None:
             process.terminate()
@@ -207,21 +219,29 @@ def served_models(url: str, headers: dict[str, str]) -> list[str]:
 def run_serve_bench(
     settings: ServeBenchSettings, log: Callable[[str], None] = lambda line: None
 ) -> dict[str, Any]:
-    """Measure every ``settings.concurrency`` level; returns the served models and one row per level."""
+    """Measure every ``settings.concurrency`` level (and with ``--adapters``, every number of adapters in use)."""
+    from ina.bench.serving_adapters import make_adapters, run_adapter_levels
 
     with contextlib.ExitStack() as stack:
-        url = settings.url
+        url, process = settings.url, None
         if url is None:
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ina-bench-serve-")))
+            given = {name: str(path) for name, path in parse_adapter_specs(settings.adapters).items()}
             if settings.tiny:
                 base, adapters = tiny_files(scratch)
+                given = {} if settings.adapter_counts else adapters
             else:
-                base = str(settings.base_model)
-                adapters = {name: str(path) for name, path in parse_adapter_specs(settings.adapters).items()}
-            url = stack.enter_context(serve_process(base, adapters, settings, scratch / "serve.log", log))
+                base, adapters = str(settings.base_model), given
+            if settings.adapter_counts:
+                adapters = make_adapters(max(settings.adapter_counts), base, given, scratch / "adapters", log)
+            url, process = stack.enter_context(
+                serve_process(base, adapters, settings, scratch / "serve.log", log)
+            )
         url = url.rstrip("/")
         headers = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
         models = served_models(url, headers)
+        if settings.adapter_counts:
+            return run_adapter_levels(url, models, settings, process, log)
         asyncio.run(run_level(url, models, 1, 1, 4, settings.api_key))  # warm-up
         rows = [
             asyncio.run(

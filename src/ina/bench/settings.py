@@ -205,6 +205,24 @@ class ServeBenchSettings:
     num_threads: int | None = field(
         default=None, metadata={"help": "torch CPU threads of the server this benchmark starts"}
     )
+    adapter_counts: list[int] = field(
+        default_factory=list,
+        metadata={
+            "flag": "--adapters",
+            "metavar": "N",
+            "help": "compare numbers of adapters in use, e.g. `--adapters 1 8`: the server holds max(N) adapters "
+            "(copies of the first --adapter, or demo InA adapters made on the base), each level spreads its "
+            "clients over the first N; levels alternate over --repeats rounds; ratios against the smallest N",
+        },
+    )
+    repeats: int = field(default=3, metadata={"help": "rounds of every (clients, --adapters) level; medians"})
+    peft_path: bool = field(
+        default=False,
+        metadata={
+            "help": "start the server with INA_GATHERED=0: mixed batches through PEFT, one adapter at a time "
+            "(for comparison)"
+        },
+    )
 
     def __post_init__(self) -> None:
         _raise_problems("ina bench serve", self.problems())
@@ -225,4 +243,10 @@ class ServeBenchSettings:
                 out.append(f"--{name} must be ≥ 1; got {getattr(self, name)}")
         if self.num_threads is not None and self.num_threads < 0:
             out.append(f"--num_threads must be ≥ 1 (0: torch's choice); got {self.num_threads}")
+        if self.adapter_counts and min(self.adapter_counts) < 1:
+            out.append(f"--adapters must be one or more numbers ≥ 1; got {self.adapter_counts}")
+        if self.repeats < 1:
+            out.append(f"--repeats must be ≥ 1; got {self.repeats}")
+        if self.peft_path and self.url is not None:
+            out.append("--peft_path sets the environment of the server this benchmark starts; drop --url")
         return out

@@ -93,16 +93,20 @@ def _time_decoding(
     bench.model.eval()
     bench.model.config.use_cache = True
     per_token: dict[str, list[float]] = {name: [] for name in names}
+    per_token_cpu: dict[str, list[float]] = {name: [] for name in names}
     with torch.no_grad():
         for name in names:  # warm-up
-            with bench.variant(name):
+            with bench.decoding(name):
                 bench.decode_intervals(2)
         for round_index in range(settings.decode_rounds):
             for name in _rotated(names, round_index):
-                with bench.variant(name):
-                    per_token[name] += [1000 * t for t in bench.decode_intervals(settings.decode_tokens)]
+                with bench.decoding(name):
+                    wall, cpu = bench.decode_intervals(settings.decode_tokens)
+                    per_token[name] += [1000 * t for t in wall]
+                    per_token_cpu[name] += [1000 * t for t in cpu]
     for name in names:
         results[name].decode_ms_per_token = Spread.of(per_token[name])
+        results[name].decode_cpu_ms_per_token = Spread.of(per_token_cpu[name])
 
 
 def _environment(settings: BenchSettings, bench: Bench) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 * ``lora`` — PEFT's own LoRA forward (an adapter with ρ = 0 has no InA variant, so PEFT's
   ``lora.Linear.forward`` runs unchanged: ``result + lora_B(lora_A(dropout(x))) * scaling``);
 * ``ina-reference`` — InA with ``ρ > 0`` on the reference path (:func:`ina.inhibit` between PEFT's modules);
-* ``ina-fast`` — the same adapter on the fused path (:mod:`ina.core.fast`).
+* ``ina-fast`` — the same adapter on the fused path (:mod:`ina.core.fast`); when decoding, on the inference
+  path (:mod:`ina.core.gathered`: the adapter prepared once, no autograd, no PEFT dispatch per layer).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 
 from ina.bench.models import adapter_config, build_model
 from ina.bench.settings import PRESET_BATCH, BenchSettings
+from ina.core import gathered
 from ina.foundation.harness import peft_model
 from ina.foundation.models import resolve_device, resolve_dtype
 
@@ -54,6 +56,7 @@ class Bench:
             dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 16)
             self.compiled = torch.compile(self.model)
         self.optimizers: dict[str, torch.optim.Optimizer | None] = {}
+        self.prepared: gathered.PreparedAdapters | None = None
         generator = torch.Generator().manual_seed(settings.seed)
         vocab = self.model.config.vocab_size
         batch, seq = self.batch_shape()
@@ -90,6 +93,24 @@ class Bench:
         self.peft_model.base_model.set_adapter("plain" if name == "lora" else "inhibited")
         with fast.enabled(name == "ina-fast"):
             yield
+
+    @contextlib.contextmanager
+    def decoding(self, name: str) -> Iterator[None]:
+        """Variant ``name`` set up for decoding: ``ina-fast`` runs InA's inference path (:mod:`ina.core.gathered`),
+        prepared from the adapter's current weights; the others run as in training."""
+        with self.variant(name):
+            if name != "ina-fast":
+                yield
+                return
+            if self.prepared is None:
+                self.prepared = gathered.prepare(self.peft_model, ["inhibited"])
+            else:
+                self.prepared.refresh()  # the weights the training steps left, routed again
+            try:
+                with self.prepared.route("inhibited"):
+                    yield
+            finally:
+                self.prepared.close()  # the other variants run PEFT's forward, untouched
 
     def optimizer(self, name: str) -> torch.optim.Optimizer | None:
         if name not in self.optimizers:
@@ -140,17 +161,18 @@ class Bench:
             optimizer.zero_grad(set_to_none=True)
         return sum(seen.values())
 
-    def decode_intervals(self, new_tokens: int) -> list[float]:
-        """Seconds between successive tokens of one greedy ``generate`` (batch 1): the prefill is excluded."""
+    def decode_intervals(self, new_tokens: int) -> tuple[list[float], list[float]]:
+        """Seconds between successive tokens of one greedy ``generate`` (batch 1), wall and CPU time of this
+        process: the prefill is excluded."""
         from transformers import LogitsProcessor, LogitsProcessorList
 
         bench = self
-        stamps: list[float] = []
+        stamps: list[tuple[float, float]] = []
 
         class Clock(LogitsProcessor):
             def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
                 bench.sync()
-                stamps.append(time.perf_counter())
+                stamps.append((time.perf_counter(), time.process_time()))
                 return scores
 
         self.model.generate(
@@ -162,4 +184,5 @@ class Bench:
             pad_token_id=0,
             logits_processor=LogitsProcessorList([Clock()]),
         )
-        return [b - a for a, b in itertools.pairwise(stamps)]
+        pairs = list(itertools.pairwise(stamps))
+        return [b[0] - a[0] for a, b in pairs], [b[1] - a[1] for a, b in pairs]

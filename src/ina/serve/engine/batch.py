@@ -1,20 +1,28 @@
 """Rows decoded together: left-padded prefill, one-token steps on a shared KV cache, merging batches.
 
 Left padding is exact: padded positions are masked out and position ids count real tokens only, so a
-greedy answer in a batch equals the same request run alone. Every call passes ``adapter_names`` (one
-per row, ``"__base__"`` for the base), so rows for different adapters share each forward pass.
+greedy answer in a batch equals the same request run alone. Rows for different adapters share each
+forward pass: the adapters are stacked once when the runner is built (:mod:`ina.core.gathered`), and each
+adapted layer computes all rows' adapters in two batched products, whatever the number of adapters.
+Where that path does not apply (``INA_GATHERED=0``, or an adapter kind only PEFT computes), every call
+passes PEFT's ``adapter_names`` (one per row, ``"__base__"`` for the base) instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 from typing import Any
 
 import torch
 from torch import nn
 
+from ina.core import gathered
 from ina.serve.engine.detokenize import TextStream
 from ina.serve.engine.types import Generation, Stats
+
+logger = logging.getLogger("ina.serve")
 
 
 class Row:
@@ -47,6 +55,22 @@ class ModelRunner:
         self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         self._takes_positions = "position_ids" in parameters
         self._takes_logits_to_keep = "logits_to_keep" in parameters
+        self.prepared = self._prepare(model) if is_peft else None
+        # with the adapters prepared, the transformers model is called directly: each adapted layer
+        # routes its rows itself, so PEFT's per-call hooks for `adapter_names` are not needed
+        self._call = base if self.prepared is not None else model
+
+    @staticmethod
+    def _prepare(model: nn.Module) -> gathered.PreparedAdapters | None:
+        """Stack the adapters once for mixed batches; None (PEFT's path) where that does not apply."""
+        if not gathered.is_enabled():
+            logger.info("INA_GATHERED=0: mixed-adapter batches run through PEFT, one adapter at a time")
+            return None
+        try:
+            return gathered.prepare(model)
+        except gathered.NotPreparableError as error:
+            logger.warning("mixed-adapter batches run through PEFT, one adapter at a time: %s", error)
+            return None
 
     def forward(
         self, rows: list[Row], input_ids: torch.Tensor, mask: torch.Tensor, cache: Any
@@ -61,9 +85,14 @@ class ModelRunner:
             )  # (B, width)
         if self._takes_logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        if self.is_peft:
-            kwargs["adapter_names"] = [row.generation.adapter for row in rows]
-        output = self.model(input_ids=input_ids, **kwargs)
+        adapters = [row.generation.adapter for row in rows]
+        route: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if self.prepared is not None:
+            route = self.prepared.route(adapters)
+        elif self.is_peft:
+            kwargs["adapter_names"] = adapters
+        with route:
+            output = self._call(input_ids=input_ids, **kwargs)
         self.stats.peak("max_rows_in_step", len(rows))
         self.stats.peak("max_adapters_in_step", len({row.generation.adapter for row in rows}))
         return output.logits[:, -1, :].float()  # (B, V)
@@ -72,6 +101,9 @@ class ModelRunner:
         """Run the prompts of ``rows``, left-padded to one width, into a fresh KV cache."""
         from transformers import DynamicCache
 
+        if self.prepared is not None:  # rows of one adapter side by side, in the order of the stacks:
+            slots = self.prepared.slots  # equal groups of them need no gathering in adapted layers
+            rows = sorted(rows, key=lambda row: slots.get(row.generation.adapter, -1))
         prompts = [row.generation.prompt_ids for row in rows]
         width = max(map(len, prompts))
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # (B, L), left-padded

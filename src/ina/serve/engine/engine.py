@@ -222,21 +222,44 @@ class Engine:
         )
 
     def attention(
-        self, model_id: str, text: str, text_pair: str | None = None, layers: list[int] | None = None
+        self,
+        model_id: str,
+        text: str,
+        text_pair: str | None = None,
+        layers: list[int] | None = None,
+        max_tokens: int | None = None,
     ) -> concurrent.futures.Future[dict[str, Any]]:
         """Head-averaged attention maps of ``model_id`` on ``text`` (see `ina.foundation.attention`).
 
         Runs on the worker thread between decode steps. The future raises :class:`PromptError` for a
-        layer that does not exist or an unusable text, :class:`UnsupportedError` when the model cannot
-        return attention weights; an unknown ``model_id`` raises at once.
+        layer that does not exist, an unusable text or one longer than ``max_tokens`` tokens (the answer
+        holds layers × tokens² numbers), :class:`UnsupportedError` when the model cannot return attention
+        weights; an unknown ``model_id`` raises at once.
         """
-        from ina.foundation.attention import AttentionUnavailableError, compute_attention
+        from ina.foundation.attention import (
+            AttentionUnavailableError,
+            compute_attention,
+            encode,
+            looks_causal,
+        )
 
         adapter = self.resolve(model_id)
 
         def job() -> dict[str, Any]:
             try:
                 with self.tokenizer_lock:  # it tokenizes with its own truncation settings
+                    if max_tokens is not None:
+                        encoded, _ = encode(
+                            self.model, self.tokenizer, text, text_pair, looks_causal(self.model)
+                        )
+                        length = int(encoded["input_ids"].shape[-1])
+                        if length > max_tokens:
+                            raise PromptError(
+                                f"`text` (with `text_pair`) must be at most {max_tokens} tokens for attention maps "
+                                f"on this server (--max_attention_tokens); got {length}: send a shorter text",
+                                "text",
+                                "attention_too_long",
+                            )
                     return compute_attention(
                         self.model,
                         self.tokenizer,
@@ -245,6 +268,8 @@ class Engine:
                         layers=layers,
                         adapter_name=None if adapter == BASE_ADAPTER else adapter,
                     )
+            except PromptError:
+                raise
             except (ValueError, IndexError) as error:
                 raise PromptError(str(error), "layers" if "layer" in str(error) else "text") from None
             except AttentionUnavailableError as error:
