@@ -121,7 +121,8 @@ class InAEmbedding(Embedding):
             rows = [i for i, name in enumerate(adapter_names) if name == adapter]
             if adapter in self.lora_variant:
                 variant = self.lora_variant[adapter]
-                result[rows] = variant.forward(self, active_adapter=adapter, x=x[rows], result=result[rows])
+                out = variant.forward(self, active_adapter=adapter, x=x[rows], result=result[rows])
+                result[rows] = out.to(result.dtype)
             else:
                 delta = (
                     self._embed(x[rows], self.lora_embedding_A[adapter].T) @ self.lora_embedding_B[adapter].T
@@ -130,7 +131,7 @@ class InAEmbedding(Embedding):
                 delta = delta * self.scaling[adapter]
                 if embed_scale is not None:
                     delta = delta * embed_scale.to(delta.dtype)
-                result[rows] = result[rows] + delta
+                result[rows] = (result[rows] + delta).to(result.dtype)
         return result
 
     def __repr__(self) -> str:
