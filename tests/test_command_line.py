@@ -228,6 +228,12 @@ FLAGS: list[tuple[list[str], list[str]]] = [
         ],
     ),
     (["viz", "curves"], ["--out"]),
+    (["eval"], ["--adapter", "--base_model", "--include_path", "--limit", "--output_dir", "--tasks"]),
+    (["export"], []),
+    (
+        ["export", "lora"],
+        ["--calibration", "--calibration_tokens", "--format", "--min_agreement", "--overwrite", "--rank"],
+    ),
 ]
 
 FRAMEWORKS = ("torch", "transformers", "peft", "numpy", "fastapi", "matplotlib")

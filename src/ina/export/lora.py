@@ -135,9 +135,9 @@ def publish(staging: Path, dst: Path) -> None:
 
     The folder and its files get the permissions a plain ``mkdir`` / ``open`` would give them.
     """
-    from ina.foundation.files import _umask
+    from ina.foundation.files import current_umask
 
-    mask = _umask()
+    mask = current_umask()
     for item in staging.iterdir():
         os.chmod(item, 0o666 & ~mask)
     os.chmod(staging, 0o777 & ~mask)

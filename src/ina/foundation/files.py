@@ -17,7 +17,8 @@ from typing import Any
 PathLike = str | os.PathLike[str]
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (the permissions plain `open` and `mkdir` would leave out)."""
     # Linux reports the umask without changing it; elsewhere it can only be read by setting it.
     try:
         with open("/proc/self/status", encoding="ascii") as status:
@@ -39,7 +40,7 @@ def write_bytes(path: PathLike, data: bytes) -> Path:
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, 0o666 & ~current_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
