@@ -44,3 +44,9 @@ def sentiment_files(tmp_path):
     return write_sentiment_csv(tmp_path / "train.csv", 24, 0), write_sentiment_csv(
         tmp_path / "dev.csv", 12, 1
     )
+
+
+@pytest.fixture
+def sentiment_csv():
+    """`write_sentiment_csv` for tests that write their own files."""
+    return write_sentiment_csv

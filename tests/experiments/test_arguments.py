@@ -9,7 +9,7 @@ from ina.experiments.cli import register
 from ina.foundation.errors import UsageError
 
 ADAPTER = ["activation", "inhibition", "lora_alpha", "lora_dropout", "lora_r", "lora_target_modules"]
-ADAPTER += ["modules_to_save", "torch_threads"]
+ADAPTER += ["modules_to_save", "torch_threads", "test_file", "dev_fraction"]
 FLAGS = {
     "glue": [
         *ADAPTER,
@@ -30,7 +30,10 @@ FLAGS = {
         *("model_name_or_path", "n_best_size", "null_score_diff_threshold", "output_dir", "tokenizer_name"),
         *("train_file", "validation_file", "version_2_with_negative"),
     ],
-    "sweep": ["activation", "experiment", "inhibition", "lora_r", "output_dir", "seeds"],
+    "sweep": [
+        *("activation", "experiment", "inhibition", "lora_r", "output_dir", "seeds"),
+        *("learning_rate", "select_on", "dev_fraction"),
+    ],
 }
 
 

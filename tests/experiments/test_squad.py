@@ -109,3 +109,24 @@ def test_misplaced_answer_offset_is_named(tmp_path):
     examples[1].answer_starts[0] += 1
     with pytest.raises(ValueError, match=rf"question '{examples[1].id}'.*fix the offset"):
         read_squad(squad_json(tmp_path / "bad.json", examples))
+
+
+def test_squad_dev_split_and_test_files(tiny_qa_dir, tmp_path, capsys):
+    examples = synthetic_squad(36, seed=5)
+    train = squad_json(tmp_path / "train.json", examples[:24])
+    validation = squad_json(tmp_path / "validation.json", examples[24:])
+    out = tmp_path / "qa"
+    argv = ["squad", "--model_name_or_path", str(tiny_qa_dir), "--train_file", str(train)]
+    argv += ["--validation_file", str(validation), "--version_2_with_negative", "--max_seq_length", "48"]
+    argv += ["--doc_stride", "16", "--output_dir", str(out), "--dev_fraction", "0.25"]
+    argv += ["--test_file", f"same={validation}", "--test_file", f"first={train}", *FAST]
+    assert main(argv) == 0
+    record = json.loads((out / "result.json").read_text())
+    metrics = record["metrics"]
+    for name in ("f1", "exact", "HasAns_f1", "NoAns_f1"):
+        assert metrics[f"same/{name}"] == metrics[name]  # the same file, scored the same way
+    assert "first/f1" in metrics and set(record["dev_metrics"]) >= {"f1", "exact"}
+    assert record["train_samples"] == 18  # 6 of the 24 training questions held out as dev
+
+    assert main([*argv[: -len(FAST)], "--eval_steps", "2", *FAST]) == 2
+    assert "drop --eval_steps" in capsys.readouterr().err

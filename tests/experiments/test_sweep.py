@@ -50,7 +50,7 @@ def test_sweep_two_ratios_two_seeds_end_to_end(tiny_encoder_dir, sentiment_files
     assert main(argv) == 0
 
     runs = sorted(p.name for p in (out / "runs").iterdir())
-    assert runs == [f"inhibition{r}-leaky_relu-r4-seed{s}" for r in ("0", "0.3") for s in (1, 2)]
+    assert runs == [f"inhibition{r}-leaky_relu-r4-lr0.005-seed{s}" for r in ("0", "0.3") for s in (1, 2)]
     with open(out / "results.csv") as file:
         rows = list(csv.DictReader(file))
     assert [(row["inhibition"], row["seed"]) for row in rows] == [
@@ -66,7 +66,7 @@ def test_sweep_two_ratios_two_seeds_end_to_end(tiny_encoder_dir, sentiment_files
 
     table = (out / "results.md").read_text()
     lines = [line for line in table.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| adapter | accuracy | seeds")
+    assert lines[0] == "| adapter | accuracy | Δ accuracy vs LoRA [95 % CI] | seeds |"
     assert lines[1].startswith("| LoRA (ρ=0) |") and lines[2].startswith("| InA ρ=0.3 |")  # LoRA first
     lora = [accuracies[("0.0", s)] * 100 for s in ("1", "2")]
     mean, std = sum(lora) / 2, math.sqrt(sum((v - sum(lora) / 2) ** 2 for v in lora))  # n − 1 = 1
@@ -111,8 +111,12 @@ def test_table_marks_best_and_labels_lora():
     ]
     names, rows = summarise(records, "glue")
     table = markdown_table(names, rows)
-    assert table.splitlines()[2] == "| LoRA (ρ=0) | **82.00 ± 0.00** | **79.00 ± 1.41** | 2 |"
-    assert table.splitlines()[3] == "| InA ρ=0.1 | **82.00 ± 2.83** | 72.00 ± 2.83 | 2 |"  # a tie: both bold
+    assert table.splitlines()[2] == "| LoRA (ρ=0) | **82.00 ± 0.00** | **79.00 ± 1.41** | — | 2 |"
+    # a tie: both bold; differences −2 and +2 points: mean 0, half-width t(0.975, 1) · 2.83 / √2 = 25.41
+    assert (
+        table.splitlines()[3]
+        == "| InA ρ=0.1 | **82.00 ± 2.83** | 72.00 ± 2.83 | +0.00 [-25.41, +25.41] | 2 |"
+    )
     assert verdict(["accuracy"], rows).endswith("It ties with InA ρ=0.1 (82.00): no ratio wins.")
     sentence = verdict(["f1"], rows)
     assert (

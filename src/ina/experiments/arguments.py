@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,6 +46,19 @@ class ExperimentArguments(AdapterArguments):
         None,
         "CPU threads for torch (default: torch's choice). On a busy shared machine 1 can be many times "
         "faster than 2, because waiting threads spin",
+    )
+    test_file: list[str] = dataclasses.field(
+        default_factory=list,
+        metadata={
+            "help": "NAME=PATH, repeatable: after training, also evaluate on this file (same formats as "
+            "--validation_file); its metrics are reported as NAME/METRIC",
+            "metavar": "NAME=PATH",
+        },
+    )
+    dev_fraction: float = option(
+        0.0,
+        "carve this share of the training rows (after --max_train_samples, fixed shuffle, seed 0) into a dev "
+        "split, evaluated after training (dev_metrics in result.json) and never trained on; 0: none",
     )
 
 
@@ -130,11 +144,39 @@ class SweepArguments:
     seeds: str = option("1,2,3", "comma-separated training seeds")
     activation: str = option("leaky_relu", "comma-separated gate activations")
     lora_r: str = option("4", "comma-separated ranks")
+    learning_rate: str | None = option(
+        None, "comma-separated learning rates, a grid axis (default: the experiment's own rate)"
+    )
+    select_on: Literal["none", "dev"] = option(
+        "none",
+        "dev: carve a dev split from the training data (--dev_fraction) and report, for each ratio "
+        "(and activation, rank), the learning rate best on dev, scored on the validation set",
+    )
+    dev_fraction: float | None = option(
+        None, "with --select_on dev: the share of the training rows held out as dev (default: 0.1)"
+    )
     output_dir: str | None = option(None, "sweep folder (default: outputs/sweep-EXPERIMENT)")
 
     def __post_init__(self) -> None:
         if self.experiment not in EXPERIMENTS:
             raise ExperimentError(f"--experiment must be one of {list(EXPERIMENTS)}; got {self.experiment!r}")
+        if self.select_on not in ("none", "dev"):
+            raise ExperimentError(f"--select_on must be 'none' or 'dev'; got {self.select_on!r}")
+        if self.dev_fraction is not None and self.select_on != "dev":
+            raise ExperimentError(
+                f"--dev_fraction {self.dev_fraction:g} needs --select_on dev (it holds out rows to choose on)"
+            )
+        if not 0 < self.dev_share < 1:
+            raise ExperimentError(
+                f"--dev_fraction must be a share in (0, 1), e.g. 0.1; got {self.dev_share!r}"
+            )
+        if os.path.isfile(self.folder):
+            raise ExperimentError(f"--output_dir {self.folder!r} is a file; give a folder for the sweep")
+
+    @property
+    def dev_share(self) -> float:
+        """``dev_fraction``, or 0.1."""
+        return 0.1 if self.dev_fraction is None else self.dev_fraction
 
     @property
     def folder(self) -> str:
@@ -147,11 +189,20 @@ def add_options(parser: argparse.ArgumentParser, experiment: str) -> None:
     cls = RECIPES[experiment]
     names = [f.name for f in dataclasses.fields(cls)]
     adapter = set(ADAPTER_FIELDS)
-    add_arguments(parser, cls, exclude=[*adapter, "torch_threads"])
+    add_arguments(parser, cls, exclude=[*adapter, "torch_threads", "test_file"])
     add_arguments(
         parser.add_argument_group(ADAPTER_GROUP), cls, exclude=[n for n in names if n not in adapter]
     )
     add_arguments(parser, cls, exclude=[n for n in names if n != "torch_threads"])
+    test_file = next(f for f in dataclasses.fields(cls) if f.name == "test_file")
+    parser.add_argument(  # repeatable (HfArgumentParser, which builds the dataclass, knows no "append")
+        "--test_file",
+        dest="test_file",
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar=test_file.metadata["metavar"],
+        help=test_file.metadata["help"],
+    )
 
 
 def parse_experiment(

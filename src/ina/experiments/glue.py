@@ -23,9 +23,11 @@ from ina.experiments.common import (
     timing_fields,
     uses_torch_threads,
 )
-from ina.experiments.glue_data import GlueTask, encode, load_splits, resolve
+from ina.experiments.glue_data import GlueTask, check_rows, encode, load_splits, read_rows, resolve
+from ina.experiments.heldout import DEV_SPLIT, carve_dev, evaluation_curve, test_files, trainer_state
 from ina.foundation import harness
 from ina.foundation.adapters import inhibition_config
+from ina.foundation.arguments import flag_given
 from ina.foundation.models import load_pretrained
 
 GLUE_EPOCHS = 10  # the authors' recipe
@@ -68,27 +70,43 @@ def run(arguments: GlueArguments, training_flags: list[str]) -> dict[str, Any]:
     training = harness.training_arguments(
         training_flags, output_dir, {**TRAINER_DEFAULTS, **recipe}, command="ina glue"
     )
+    tests = test_files(arguments.test_file, reserved=task.validation_splits)
     tokenizer = load_tokenizer(model_name, arguments.tokenizer_name)
     splits = load_splits(arguments, task, dataset)
+    splits["train"], dev = carve_dev(splits["train"], arguments.dev_fraction)
+    extra = {DEV_SPLIT: dev} if dev else {}
+    extra.update({name: check_rows(read_rows(path, task), task, path) for name, path in tests.items()})
 
     import torch
     from transformers import DataCollatorWithPadding
+    from transformers.trainer_utils import IntervalStrategy
 
     model = _model(arguments, task, model_name, tokenizer, training.seed)
     trainable, total = harness.trainable_parameters(model)
     encoded = {
-        split: encode(rows, task, tokenizer, arguments.max_seq_length) for split, rows in splits.items()
+        split: encode(rows, task, tokenizer, arguments.max_seq_length)
+        for split, rows in {**splits, **extra}.items()
     }
+    periodic = training.eval_strategy != IntervalStrategy.NO or flag_given(training_flags, "eval_steps")
+    if periodic and training.eval_strategy == IntervalStrategy.NO:
+        training.eval_strategy = IntervalStrategy.STEPS  # --eval_steps N alone means: every N steps
     trainer = harness.build_trainer(
         model,
         training,
         encoded["train"],
+        eval_dataset=encoded[task.validation_splits[0]] if periodic else None,
         tokenizer=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=_trainer_metrics(task) if periodic else None,
     )
     training_run = harness.train(trainer)
     results = evaluate(trainer, task, encoded)
-    harness.save_adapter(trainer, files={"eval_results.json": {f"eval_{k}": v for k, v in results.items()}})
+    dev_results = _scores(trainer, task, encoded[DEV_SPLIT]) if dev else {}
+    for name in tests:
+        results.update({f"{name}/{k}": v for k, v in _scores(trainer, task, encoded[name]).items()})
+    state = trainer_state(trainer)
+    files = {"eval_results.json": {f"eval_{k}": v for k, v in results.items()}, "trainer_state.json": state}
+    harness.save_adapter(trainer, files=files)
     summary = {
         "experiment": "glue",
         "task": task.name,
@@ -96,8 +114,12 @@ def run(arguments: GlueArguments, training_flags: list[str]) -> dict[str, Any]:
         "model": model_name,
         **adapter_fields(arguments, training.seed),
         "metrics": results,
+        "dev_metrics": dev_results,
+        "learning_rate": training.learning_rate,
+        "curve": evaluation_curve(state["log_history"]),
         **timing_fields(training_run),
         "train_samples": len(splits["train"]),
+        "steps": state["global_step"],
         "eval_samples": {split: len(rows) for split, rows in splits.items() if split != "train"},
         "epochs": training.num_train_epochs,
         "trainable_parameters": trainable,
@@ -146,10 +168,23 @@ def evaluate(trainer: Any, task: GlueTask, encoded: dict[str, Any]) -> dict[str,
     """The task's metrics on each validation split (MNLI's mismatched ones suffixed ``_mismatched``)."""
     results: dict[str, float] = {}
     for split in (s for s in task.validation_splits if s in encoded):
-        prediction = trainer.predict(encoded[split], metric_key_prefix="eval")
-        outputs = prediction.predictions
-        logits = outputs[0] if isinstance(outputs, tuple) else outputs
-        scores = compute_metrics(task, np.asarray(logits, dtype=np.float64), np.asarray(prediction.label_ids))
+        scores = _scores(trainer, task, encoded[split])
         suffix = "_mismatched" if split == "validation_mismatched" else ""
         results.update({f"{name}{suffix}": value for name, value in scores.items()})
     return results
+
+
+def _scores(trainer: Any, task: GlueTask, dataset: Any) -> dict[str, float]:
+    prediction = trainer.predict(dataset, metric_key_prefix="eval")
+    return _trainer_metrics(task)(prediction)
+
+
+def _trainer_metrics(task: GlueTask) -> Any:
+    """``compute_metrics`` for the Trainer: an `EvalPrediction` -> the task's metrics."""
+
+    def scores(prediction: Any) -> dict[str, float]:
+        outputs = prediction.predictions
+        logits = outputs[0] if isinstance(outputs, tuple) else outputs
+        return compute_metrics(task, np.asarray(logits, dtype=np.float64), np.asarray(prediction.label_ids))
+
+    return scores

@@ -21,10 +21,12 @@ from ina.experiments.common import (
     timing_fields,
     uses_torch_threads,
 )
-from ina.experiments.squad_data import datasets, load_examples, predict_answers
+from ina.experiments.heldout import DEV_SPLIT, carve_dev, test_files
+from ina.experiments.squad_data import datasets, encode, load_examples, predict_answers, read_squad
 from ina.experiments.squad_metrics import squad_v2_scores
 from ina.foundation import harness
 from ina.foundation.adapters import inhibition_config
+from ina.foundation.arguments import flag_given
 from ina.foundation.models import load_pretrained, resolve_base_model
 
 SQUAD_EPOCHS = 10  # the authors' recipe (they add one warm-up epoch and keep the best validation F1)
@@ -45,7 +47,16 @@ def run(arguments: SquadArguments, training_flags: list[str]) -> dict[str, Any]:
             f"--doc_stride must be smaller than --max_seq_length; got {arguments.doc_stride} ≥ "
             f"{arguments.max_seq_length}"
         )
+    if flag_given(training_flags, "eval_steps") or flag_given(training_flags, "eval_strategy"):
+        raise ExperimentError(
+            "ina squad scores answers only after training (SQuAD needs its post-processing); drop "
+            "--eval_steps / --eval_strategy (`ina glue` records validation curves)"
+        )
+    tests = test_files(arguments.test_file, reserved=("validation",))
     train_examples, validation, source = load_examples(arguments)
+    train_examples, dev = carve_dev(train_examples, arguments.dev_fraction)
+    extra = {DEV_SPLIT: dev} if dev else {}
+    extra.update({name: read_squad(path) for name, path in tests.items()})
     version_2 = arguments.version_2_with_negative or source == "synthetic"
     demo = source == "synthetic" and not arguments.model_name_or_path
     model_name = resolve_base_model(arguments.model_name_or_path or "minilm")
@@ -78,18 +89,13 @@ def run(arguments: SquadArguments, training_flags: list[str]) -> dict[str, Any]:
     )
     training_run = harness.train(trainer)
 
-    start_logits, end_logits = trainer.predict(eval_dataset).predictions[:2]
-    predictions, null_differences = predict_answers(
-        validation,
-        eval_features,
-        np.asarray(start_logits),
-        np.asarray(end_logits),
-        n_best=arguments.n_best_size,
-        max_answer_length=arguments.max_answer_length,
-        version_2_with_negative=version_2,
-        null_score_diff_threshold=arguments.null_score_diff_threshold,
+    predictions, null_differences, results = _score(
+        trainer, validation, eval_dataset, eval_features, arguments, version_2
     )
-    results = squad_v2_scores({e.id: e.answers for e in validation}, predictions)
+    scores = {}
+    for name, examples in extra.items():
+        dataset, features = _eval_set(examples, tokenizer, arguments)
+        scores[name] = _score(trainer, examples, dataset, features, arguments, version_2)[2]
     files = {
         "predictions.json": predictions,
         "null_odds.json": null_differences,
@@ -102,7 +108,12 @@ def run(arguments: SquadArguments, training_flags: list[str]) -> dict[str, Any]:
         "dataset": source,
         "model": model_name,
         **adapter_fields(arguments, training.seed),
-        "metrics": {k: results[k] for k in METRIC_ORDER if k in results},
+        "metrics": {
+            **{k: results[k] for k in METRIC_ORDER if k in results},
+            **{f"{n}/{k}": scores[n][k] for n in tests for k in METRIC_ORDER if k in scores[n]},
+        },
+        "dev_metrics": {k: scores[DEV_SPLIT][k] for k in METRIC_ORDER if k in scores.get(DEV_SPLIT, {})},
+        "learning_rate": training.learning_rate,
         **timing_fields(training_run),
         "train_samples": len(train_examples),
         "train_windows": len(train_dataset),
@@ -114,3 +125,37 @@ def run(arguments: SquadArguments, training_flags: list[str]) -> dict[str, Any]:
     if harness.is_main_process(trainer):
         harness.record(output_dir, summary)
     return summary
+
+
+def _score(
+    trainer: Any,
+    examples: list[Any],
+    dataset: Any,
+    features: dict[str, list[Any]],
+    arguments: SquadArguments,
+    version_2: bool,
+) -> tuple[dict[str, str], dict[str, float], dict[str, float]]:
+    """Predicted answers, null-score differences and official scores of ``examples``."""
+    start_logits, end_logits = trainer.predict(dataset).predictions[:2]
+    predictions, null_differences = predict_answers(
+        examples,
+        features,
+        np.asarray(start_logits),
+        np.asarray(end_logits),
+        n_best=arguments.n_best_size,
+        max_answer_length=arguments.max_answer_length,
+        version_2_with_negative=version_2,
+        null_score_diff_threshold=arguments.null_score_diff_threshold,
+    )
+    return predictions, null_differences, squad_v2_scores({e.id: e.answers for e in examples}, predictions)
+
+
+def _eval_set(
+    examples: list[Any], tokenizer: Any, arguments: SquadArguments
+) -> tuple[Any, dict[str, list[Any]]]:
+    """The evaluation windows of ``examples`` as a `datasets.Dataset`, and their features."""
+    from datasets import Dataset
+
+    features = encode(examples, tokenizer, arguments.max_seq_length, arguments.doc_stride, with_labels=False)
+    names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
+    return Dataset.from_dict({k: features[k] for k in names if k in features}), features

@@ -8,42 +8,46 @@ sweep writes its summaries (`ina.experiments.sweep_report`).
 from __future__ import annotations
 
 import itertools
-import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ina.experiments.arguments import SweepArguments
+from ina.experiments.backends import Job, read_result, run_local
 from ina.experiments.common import ExperimentError
+from ina.experiments.heldout import test_files
 from ina.experiments.sweep_report import write_summaries
 from ina.foundation.arguments import flag_given
 from ina.foundation.files import read_json, write_json
-from ina.foundation.harness import RESULT_FILE
+
+__all__ = ["GRID_FLAGS", "RunSpec", "check_same_command", "grid", "jobs", "read_result", "run_sweep"]
 
 # Flags the sweep sets per run; passing them through as single values would fight the grid.
-GRID_FLAGS = ("inhibition", "activation", "lora_r", "seed", "output_dir")
+GRID_FLAGS = ("inhibition", "activation", "lora_r", "seed", "output_dir", "dev_fraction")
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One point of the grid."""
+    """One point of the grid (``learning_rate`` None: the experiment's own rate, not in the name)."""
 
     inhibition: float
     activation: str
     r: int
     seed: int
+    learning_rate: float | None = None
 
     @property
     def name(self) -> str:
-        return f"inhibition{self.inhibition:g}-{self.activation}-r{self.r}-seed{self.seed}"
+        rate = "" if self.learning_rate is None else f"-lr{self.learning_rate:g}"
+        return f"inhibition{self.inhibition:g}-{self.activation}-r{self.r}{rate}-seed{self.seed}"
 
     def flags(self, folder: Path) -> list[str]:
         """The experiment flags that make this run, writing into ``folder``."""
+        rate = [] if self.learning_rate is None else ["--learning_rate", f"{self.learning_rate:g}"]
         return [
             *("--inhibition", f"{self.inhibition:g}", "--activation", self.activation),
-            *("--lora_r", str(self.r), "--seed", str(self.seed), "--output_dir", str(folder)),
+            *("--lora_r", str(self.r), *rate, "--seed", str(self.seed), "--output_dir", str(folder)),
         ]
 
 
@@ -102,11 +106,25 @@ def grid(arguments: SweepArguments) -> list[RunSpec]:
         raise ExperimentError(
             f"--activation must list activations from {list(ACTIVATIONS)}; got {arguments.activation!r}"
         )
+    rates: list[float | None] = [None]
+    if arguments.learning_rate is not None:
+        rates = list(dict.fromkeys(parse_floats("--learning_rate", arguments.learning_rate)))
+        if any(rate is not None and not rate > 0 for rate in rates):
+            raise ExperimentError(f"--learning_rate values must be positive, e.g. 1e-4,3e-4; got {rates}")
     return [
-        RunSpec(inhibition, activation, r, seed)
-        for activation, r, inhibition, seed in itertools.product(
-            activations, ranks, sorted(dict.fromkeys(ratios)), dict.fromkeys(seeds)
+        RunSpec(inhibition, activation, r, seed, rate)
+        for activation, r, inhibition, rate, seed in itertools.product(
+            activations, ranks, sorted(dict.fromkeys(ratios)), rates, dict.fromkeys(seeds)
         )
+    ]
+
+
+def jobs(arguments: SweepArguments, extra: list[str]) -> list[Job]:
+    """The sweep's runs as backend jobs: ``extra`` (the experiment's flags) plus each point's own flags."""
+    root = Path(arguments.folder)
+    return [
+        Job(spec.name, [*extra, *spec.flags(root / "runs" / spec.name)], root / "runs" / spec.name)
+        for spec in grid(arguments)
     ]
 
 
@@ -120,31 +138,33 @@ def run_sweep(
 
     ``run_one`` gets the experiment's own argument list (``extra`` plus the grid's flags) and returns the
     run's record; it must write ``result.json`` in the ``--output_dir`` it is given. ``log`` reports progress.
+    With ``--select_on dev`` every run also holds out ``--dev_fraction`` of its training rows as dev.
     """
     for flag in GRID_FLAGS:
         if flag_given(extra, flag):
-            hint = "--seeds" if flag == "seed" else f"--{flag}"
+            hint = {"seed": "--seeds", "dev_fraction": "--select_on dev --dev_fraction"}.get(
+                flag, f"--{flag}"
+            )
             raise ExperimentError(
                 f"--{flag} is set by the sweep for each run; give the list to `ina sweep {hint}` instead"
             )
+    test_files([value for name, value in _pairs(extra) if name == "--test_file"])  # before any run
+    if arguments.select_on == "dev":
+        extra = [*extra, "--dev_fraction", f"{arguments.dev_share:g}"]
     specs = grid(arguments)
     root = Path(arguments.folder)
     check_same_command(root, arguments.experiment, extra)
-    records = []
-    for index, spec in enumerate(specs, start=1):
-        folder = root / "runs" / spec.name
-        record = read_result(folder)
-        if record is not None:
-            log(f"[{index}/{len(specs)}] {spec.name}: finished earlier, skipped")
-        else:
-            started = time.perf_counter()
-            log(f"[{index}/{len(specs)}] {spec.name}: running")
-            record = run_one([*extra, *spec.flags(folder)])
-            seconds = time.perf_counter() - started
-            log(f"[{index}/{len(specs)}] {spec.name}: {_short(record['metrics'])} ({seconds:.0f} s)")
-        records.append({**record, "run": spec.name})
-    write_summaries(root, records, arguments.experiment)
-    return records
+    records = run_local(jobs(arguments, extra), run_one, log)
+    rows = [
+        {
+            **records[spec.name],
+            "run": spec.name,
+            "learning_rate": spec.learning_rate or records[spec.name].get("learning_rate"),
+        }
+        for spec in specs
+    ]
+    write_summaries(root, rows, arguments.experiment, select_on=arguments.select_on)
+    return rows
 
 
 def check_same_command(root: Path, experiment: str, extra: list[str]) -> None:
@@ -163,13 +183,13 @@ def check_same_command(root: Path, experiment: str, extra: list[str]) -> None:
         write_json(path, command)
 
 
-def read_result(folder: Path) -> dict[str, Any] | None:
-    """The run's record if it finished (``result.json`` readable), else ``None``."""
-    try:
-        return read_json(folder / RESULT_FILE)
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _short(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+def _pairs(argv: list[str]) -> list[tuple[str, str]]:
+    """``(--flag, value)`` for every ``--flag value`` and ``--flag=value`` in ``argv``."""
+    pairs: list[tuple[str, str]] = []
+    for index, token in enumerate(argv):
+        if token.startswith("--") and "=" in token:
+            flag, value = token.split("=", 1)
+            pairs.append((flag, value))
+        elif token.startswith("--") and index + 1 < len(argv) and not argv[index + 1].startswith("--"):
+            pairs.append((token, argv[index + 1]))
+    return pairs
