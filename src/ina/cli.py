@@ -12,9 +12,10 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from ina.foundation.errors import UsageError
+from ina.foundation.errors import Parser, UsageError, one_line
 
 # Command -> (module whose `register(subparsers)` adds it, one-line help), in the order `ina --help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -44,6 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ina.finetune.cli",
         "generate with a base model and InA adapters, using the prompt template the adapter was trained with",
     ),
+    "eval": (
+        "ina.evaluate.cli",
+        "lm-evaluation-harness on a base causal LM and its InA/LoRA adapters: a table base vs adapters",
+    ),
     "serve": (
         "ina.serve.cli",
         "serve a base model and InA adapters: OpenAI-compatible API (/v1/...) and a web UI (/)",
@@ -51,6 +56,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": (
         "ina.bench.cli",
         "time training steps (and decoding) of the frozen base, PEFT LoRA and InA (reference and fast path)",
+    ),
+    "export": (
+        "ina.export.cli",
+        "export an InA adapter as the LoRA that best reproduces it (vLLM, SGLang, llama.cpp), with its fidelity",
     ),
 }
 
@@ -70,7 +79,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `ina` parser: every command listed; the parser of ``command`` (its room's commands) built in full."""
     from ina import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ina",
         description="InA (Inhibition Adaptation): fine-tune, evaluate, serve and inspect InA adapters.",
     )
@@ -97,28 +106,75 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _register_adapter_files(subparsers: argparse._SubParsersAction) -> None:
     """`ina convert` and `ina info`: adapter files on the command line."""
     convert = subparsers.add_parser("convert")
-    convert.add_argument("src", help="folder with adapter_config.json and adapter_model.safetensors")
-    convert.add_argument("dst", help="new folder to write (must not exist)")
+    convert.add_argument(
+        "src", metavar="SRC", help="folder with adapter_config.json and adapter_model.safetensors"
+    )
+    convert.add_argument("dst", metavar="DST", help="new folder to write (must not exist)")
     convert.set_defaults(handler=_convert)
 
-    info = subparsers.add_parser("info")
-    info.add_argument("path")
+    info = subparsers.add_parser(
+        "info",
+        description="Check an adapter folder (config, weights readable and finite, markers, recorded checksums) "
+        "and print, as JSON, its format (ina, authors or lora) and how ina reads it. A damaged folder is "
+        "one error line and exit code 2.",
+    )
+    info.add_argument("path", metavar="PATH", help="an adapter folder")
     info.set_defaults(handler=_info)
+
+
+def _adapter_folder(value: str, name: str) -> Path:
+    """``value`` as an existing folder, or a `UsageError` naming the parameter ``name``."""
+    path = Path(value)
+    if not path.exists():
+        raise UsageError(
+            f"{name} {value!r}: no such folder; give the folder holding adapter_config.json and its weights"
+        )
+    if not path.is_dir():
+        raise UsageError(f"{name} {value!r} is a file, not a folder; give the adapter folder that holds it")
+    return path
+
+
+def _checked(path: Path, name: str) -> Any:
+    """The `InAConfig` of the adapter in ``path`` after `check_adapter_folder`; its errors name ``name``."""
+    from ina.core.loading import AdapterFileError, check_adapter_folder
+
+    try:
+        return check_adapter_folder(path)
+    except AdapterFileError as error:
+        raise UsageError(f"{name} {error}") from error
 
 
 def _convert(args: argparse.Namespace) -> int:
     from ina.core.loading import convert_adapter
 
-    config = convert_adapter(args.src, args.dst)
+    src = _adapter_folder(args.src, "SRC")
+    dst = Path(args.dst)
+    if dst.exists() or dst.is_symlink():
+        raise UsageError(f"DST {args.dst!r} exists; give a new folder (convert never overwrites)")
+    blocker = next((parent for parent in dst.parents if parent.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UsageError(
+            f"DST {args.dst!r}: {str(blocker)!r} is a file, not a folder; give a path in a folder"
+        )
+    _checked(src, "SRC")  # a damaged adapter is refused, never copied
+    config = convert_adapter(src, dst)
     print(f"wrote {args.dst}: InA adapter, inhibition={config.inhibition}, activation={config.activation}")
     return 0
 
 
-def _info(args: argparse.Namespace) -> int:
-    from ina.core.loading import read_adapter_config
+def adapter_format(path: str | Path) -> str:
+    """``ina`` (peft_type INA), ``authors`` (LORA + lora_inhibition) or ``lora`` (plain LoRA, read as ρ = 0)."""
+    data = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+    if data.get("peft_type") == "LORA":
+        return "authors" if "lora_inhibition" in data else "lora"
+    return "ina"
 
-    config = read_adapter_config(args.path)
+
+def _info(args: argparse.Namespace) -> int:
+    path = _adapter_folder(args.path, "PATH")
+    config = _checked(path, "PATH")
     summary = {
+        "format": adapter_format(path),
         "inhibition": config.inhibition,
         "activation": config.activation,
         "r": config.r,
@@ -133,22 +189,40 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The parser of ``command`` (for its error line), else ``parser``."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if command in getattr(action, "choices", {}):
+            return action.choices[command]
+    return parser
+
+
+def _is_input_error(error: Exception) -> bool:
+    """Whether ``error`` is the user's input (one line, exit code 2) rather than a bug (a traceback)."""
+    if isinstance(error, (UsageError, FileNotFoundError, NotADirectoryError)):
+        return True
+    loading = sys.modules.get("ina.core.loading")  # loaded if it raised: no framework import here
+    return loading is not None and isinstance(error, getattr(loading, "AdapterFileError", ()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ina` command; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((token for token in argv if not token.startswith("-")), None)
     parser = build_parser(command)
     args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "accepts_extra_args", False):
+        _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 2
-    if unknown and not getattr(args, "accepts_extra_args", False):
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     handler = args.handler
     try:
         result = handler(args, unknown) if getattr(args, "accepts_extra_args", False) else handler(args)
-    except (UsageError, FileNotFoundError, NotADirectoryError) as error:
-        print(f"ina {args.command}: {error}", file=sys.stderr)
+    except Exception as error:
+        if not _is_input_error(error):
+            raise
+        print(f"ina {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     return int(result or 0)
 

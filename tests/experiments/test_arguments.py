@@ -33,6 +33,7 @@ FLAGS = {
     "sweep": [
         *("activation", "experiment", "inhibition", "lora_r", "output_dir", "seeds"),
         *("learning_rate", "select_on", "dev_fraction"),
+        *("backend", "ray_address", "resources_per_run", "max_retries", "on_failure"),
     ],
 }
 

@@ -21,7 +21,6 @@ from finetune_helpers import REPO, alpaca_records, free_port, write_json
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-@pytest.mark.slow
 def test_fsdp_full_shard_saves_a_whole_adapter_and_resumes_exactly(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(free_port()), fsdp_worker.__file__, str(tmp_path)]  # fmt: skip
@@ -58,9 +57,8 @@ def _optimizer_tensors(state: object, prefix: str = "") -> dict[str, object]:
     return found
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(
-    importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (pip install ina[scale])"
+    importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (pip install 'ina[deepspeed]')"
 )
 def test_deepspeed_zero3_saves_a_whole_adapter_and_resumes_from_its_step(
     model_dir: Path, tmp_path: Path

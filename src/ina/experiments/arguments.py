@@ -156,8 +156,29 @@ class SweepArguments:
         None, "with --select_on dev: the share of the training rows held out as dev (default: 0.1)"
     )
     output_dir: str | None = option(None, "sweep folder (default: outputs/sweep-EXPERIMENT)")
+    backend: Literal["local", "ray"] = option(
+        "local",
+        "local: one run after another in this process; ray: each run a Ray task (pip install 'ina[scale]')",
+    )
+    ray_address: str = option(
+        "",
+        "with --backend ray: a cluster to join ('auto', 'ray://HOST:10001'); default: a new local instance",
+    )
+    resources_per_run: str = option(
+        '{"cpu": 1}', 'with --backend ray: what each run holds, as JSON, e.g. \'{"cpu": 4, "gpu": 1}\''
+    )
+    max_retries: int = option(0, "with --backend ray: times a failed run is tried again")
+    on_failure: Literal["stop", "skip"] = option(
+        "stop",
+        "with --backend ray: stop the sweep at a run that failed (after its retries), or skip it and "
+        "summarise the others (failed runs are listed, never dropped silently)",
+    )
 
     def __post_init__(self) -> None:
+        if self.backend == "local":
+            given = [f for f in ("ray_address", "max_retries") if getattr(self, f) not in ("", 0)]
+            if given:
+                raise ExperimentError(f"--{given[0]} needs --backend ray; add --backend ray or leave it out")
         if self.experiment not in EXPERIMENTS:
             raise ExperimentError(f"--experiment must be one of {list(EXPERIMENTS)}; got {self.experiment!r}")
         if self.select_on not in ("none", "dev"):

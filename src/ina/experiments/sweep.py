@@ -149,12 +149,24 @@ def run_sweep(
                 f"--{flag} is set by the sweep for each run; give the list to `ina sweep {hint}` instead"
             )
     test_files([value for name, value in _pairs(extra) if name == "--test_file"])  # before any run
+    settings = None
+    if arguments.backend == "ray":
+        from ina.experiments.ray_backend import RaySettings, check_settings, run_ray
+
+        settings = RaySettings(
+            arguments.ray_address, arguments.resources_per_run, arguments.max_retries, arguments.on_failure
+        )
+        check_settings(settings)
     if arguments.select_on == "dev":
         extra = [*extra, "--dev_fraction", f"{arguments.dev_share:g}"]
     specs = grid(arguments)
     root = Path(arguments.folder)
     check_same_command(root, arguments.experiment, extra)
-    records = run_local(jobs(arguments, extra), run_one, log)
+    errors: dict[str, str] = {}
+    if settings is not None:
+        records, errors = run_ray(jobs(arguments, extra), arguments.experiment, settings, log)
+    else:
+        records = run_local(jobs(arguments, extra), run_one, log)
     rows = [
         {
             **records[spec.name],
@@ -162,8 +174,15 @@ def run_sweep(
             "learning_rate": spec.learning_rate or records[spec.name].get("learning_rate"),
         }
         for spec in specs
+        if spec.name in records
     ]
-    write_summaries(root, rows, arguments.experiment, select_on=arguments.select_on)
+    if rows:
+        write_summaries(root, rows, arguments.experiment, select_on=arguments.select_on)
+    if errors:
+        raise ExperimentError(
+            f"{len(errors)} of {len(specs)} runs failed ({', '.join(errors)}; their errors are above); the "
+            f"summaries cover the {len(rows)} that finished; rerun the same command to retry the others"
+        )
     return rows
 
 
