@@ -83,9 +83,8 @@ def _generate(args: argparse.Namespace) -> int:
         load_for_generation,
         option_problems,
         read_prompts,
-        using_adapter,
     )
-    from ina.foundation.adapters import BASE_ADAPTER, parse_adapter_specs
+    from ina.foundation.adapters import BASE_ADAPTER, parse_adapter_specs, using_adapter
     from ina.foundation.errors import UsageError
     from ina.foundation.files import output_problem, write_jsonl
     from ina.foundation.prompts import PromptTemplate

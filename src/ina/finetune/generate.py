@@ -7,14 +7,11 @@ answers = generate_answers(model, tokenizer, template, [("Is this review positiv
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ina.foundation.adapters import BASE_ADAPTER
 from ina.foundation.errors import UsageError
 from ina.foundation.files import read_text
 from ina.foundation.prompts import PromptTemplate
@@ -64,21 +61,6 @@ def load_for_generation(
     if template is None:
         template = PromptTemplate.load("chat" if getattr(tokenizer, "chat_template", None) else "alpaca")
     return model, tokenizer, template
-
-
-@contextlib.contextmanager
-def using_adapter(model: Any, name: str) -> Iterator[None]:
-    """Run the block with adapter ``name`` active (``"__base__"``: with adapters switched off)."""
-    from peft import PeftModel
-
-    if not isinstance(model, PeftModel):
-        yield
-    elif name == BASE_ADAPTER:
-        with model.disable_adapter():
-            yield
-    else:
-        model.set_adapter(name)
-        yield
 
 
 def generate_answers(
