@@ -20,11 +20,13 @@ __version__ = "0.1.0"
 
 # Public name -> the core module that defines it.
 _PUBLIC: dict[str, str] = {
+    "AdapterFileError": "ina.core.loading",
     "InAConfig": "ina.core.config",
     "InAConfigError": "ina.core.config",
     "InAModel": "ina.core.model",
     "MergeRefusedError": "ina.core.layer",
     "UnsupportedTargetError": "ina.core.model",
+    "check_adapter_folder": "ina.core.loading",
     "convert_adapter": "ina.core.loading",
     "ina_delta": "ina.core.functional",
     "inhibit": "ina.core.functional",
@@ -33,12 +35,14 @@ _PUBLIC: dict[str, str] = {
 }
 
 __all__ = [
+    "AdapterFileError",
     "InAConfig",
     "InAConfigError",
     "InAModel",
     "MergeRefusedError",
     "UnsupportedTargetError",
     "__version__",
+    "check_adapter_folder",
     "convert_adapter",
     "ina_delta",
     "inhibit",
@@ -50,7 +54,13 @@ if TYPE_CHECKING:
     from ina.core.config import InAConfig, InAConfigError
     from ina.core.functional import ina_delta, inhibit
     from ina.core.layer import MergeRefusedError
-    from ina.core.loading import convert_adapter, load_adapter, read_adapter_config
+    from ina.core.loading import (
+        AdapterFileError,
+        check_adapter_folder,
+        convert_adapter,
+        load_adapter,
+        read_adapter_config,
+    )
     from ina.core.model import InAModel, UnsupportedTargetError
 
 
