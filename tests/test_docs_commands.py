@@ -222,7 +222,7 @@ def parse_problem(argv: list[str]) -> str | None:
                 return error.getvalue().strip()
     from transformers import HfArgumentParser, TrainingArguments
 
-    from ina.foundation.arguments import RENAMED_TRAINING_FLAGS
+    from ina.foundation.trainer_arguments import RENAMED_TRAINING_FLAGS
 
     renamed = [re.sub(r"^--(\w+)", lambda m: f"--{RENAMED_TRAINING_FLAGS.get(m[1], m[1])}", w) for w in extra]
     with contextlib.redirect_stderr(error):

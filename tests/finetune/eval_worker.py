@@ -41,8 +41,8 @@ def evaluate(output_dir: str, batch_size: int) -> dict[str, Any]:
     import datasets
     from transformers import DataCollatorForSeq2Seq
 
-    from ina.foundation.arguments import training_arguments
     from ina.foundation.harness import build_trainer
+    from ina.foundation.trainer_arguments import training_arguments
     from ina.testing import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ina.experiments.arguments import SweepArguments, add_options, parse_experiment, parse_sweep
-from ina.foundation.arguments import add_arguments, training_arguments
+from ina.foundation.arguments import add_arguments
 from ina.foundation.errors import Parser, UsageError, one_line
+from ina.foundation.trainer_arguments import training_arguments
 
 CONFIG_NOTE = (
     " A YAML or JSON file of these options (and TrainingArguments fields) may come first: ina {} run.yaml."

@@ -17,6 +17,7 @@ from typing import Any
 
 from ina.embedded import DEMO_ADAPTER_DIR
 from ina.foundation import arguments as flags
+from ina.foundation import trainer_arguments
 from ina.foundation.adapters import AdapterArguments, adapter_problems
 from ina.foundation.errors import UsageError
 from ina.foundation.models import DTYPES
@@ -274,7 +275,9 @@ def training_arguments(finetune: FinetuneArguments, extra: list[str], world_size
             False  # accelerate turns DeepSpeed off for "CPU" processes; it runs on CPUs (gloo)
         )
     with errors_as(FinetuneError):
-        return flags.training_arguments(extra, finetune.output_dir, derived, command="ina finetune")
+        return trainer_arguments.training_arguments(
+            extra, finetune.output_dir, derived, command="ina finetune"
+        )
 
 
 def split_batch(batch_size: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:

@@ -3,7 +3,7 @@
 A recipe (instruction tuning, GLUE, SQuAD) prepares its data and model; the harness runs them::
 
     from ina.foundation.adapters import inhibition_config
-    from ina.foundation.arguments import training_arguments
+    from ina.foundation.trainer_arguments import training_arguments
     from ina.foundation.harness import build_trainer, is_main_process, peft_model, record, save_adapter, train
 
     arguments = training_arguments(extra, "outputs/run", {"num_train_epochs": 3}, command="ina glue")
@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ina.foundation.arguments import check_deepspeed_config, training_arguments
 from ina.foundation.errors import UsageError
+from ina.foundation.exact_loss import exact_loss_trainer
 from ina.foundation.files import PathLike, write_json
+from ina.foundation.trainer_arguments import check_deepspeed_config, training_arguments
 
 __all__ = [
     "RESULT_FILE",
@@ -104,7 +105,7 @@ def build_trainer(
     """A `transformers.Trainer`; without ``eval_dataset`` periodic evaluation is off (``arguments`` is updated).
 
     A causal LM's eval loss is the token mean over the whole eval set, the same number under any batch
-    size and number of processes (see `_trainer_class`).
+    size and number of processes (`ina.foundation.exact_loss`).
 
     With activation checkpointing, the frozen base's inputs are made to require gradients, or no
     gradient would reach the adapter through the checkpointed layers.
@@ -115,7 +116,7 @@ def build_trainer(
         arguments.eval_strategy = IntervalStrategy.NO
     if getattr(arguments, "activation_checkpointing", False):
         model.enable_input_require_grads()
-    return _trainer_class()(
+    return exact_loss_trainer()(
         model=model,
         args=arguments,
         train_dataset=train_dataset,
@@ -125,71 +126,6 @@ def build_trainer(
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
-
-
-_TRAINER: list[type] = []
-
-
-def _trainer_class() -> type:
-    """`transformers.Trainer` whose loss-only evaluation of a causal LM is the same for any batch size and process count.
-
-    The Trainer's own eval loss is a mean of per-batch losses; under N processes transformers also
-    averages tokens across the N batches of a step, so 1 and 2 processes give different numbers on the
-    same examples. Here each example's summed token loss and token count are gathered (duplicates
-    padded in by the distributed sampler dropped) and the loss is their ratio over the whole set.
-    """
-    if _TRAINER:
-        return _TRAINER[0]
-    import torch
-    from transformers import Trainer
-
-    class ExactLossTrainer(Trainer):
-        _totals: list[float] | None = None
-
-        def evaluation_loop(self, dataloader: Any, description: str, *args: Any, **kwargs: Any) -> Any:
-            self._totals = [0.0, 0.0]
-            try:
-                output = super().evaluation_loop(dataloader, description, *args, **kwargs)
-            finally:
-                (loss, tokens), self._totals = self._totals, None
-            if tokens:
-                prefix = kwargs.get("metric_key_prefix", args[2] if len(args) > 2 else "eval")
-                rest = {k: v for k, v in (output.metrics or {}).items() if k != f"{prefix}_loss"}
-                output = output._replace(metrics={f"{prefix}_loss": loss / tokens, **rest})
-            return output
-
-        def prediction_step(
-            self, model: Any, inputs: Any, prediction_loss_only: bool, *args: Any, **kw: Any
-        ) -> Any:
-            labels = inputs.get("labels")
-            exact = (
-                self._totals is not None
-                and prediction_loss_only
-                and getattr(self, "_loss_shifts_labels", False)
-                and labels is not None
-                and labels.shape == inputs.get("input_ids", labels[..., :0]).shape
-            )
-            if not exact:
-                return super().prediction_step(model, inputs, prediction_loss_only, *args, **kw)
-            inputs = self._prepare_inputs(inputs)
-            labels = inputs["labels"]
-            with torch.no_grad(), self.compute_loss_context_manager():
-                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-            targets = labels[:, 1:]
-            losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
-            )
-            rows = torch.stack([losses.sum(1).double(), (targets != -100).sum(1).double()], dim=1)
-            # every process's rows, in dataset order, without the examples the sampler repeated
-            rows = self.accelerator.gather_for_metrics(rows).cpu()
-            for row_loss, row_tokens in rows.tolist():
-                self._totals[0] += row_loss  # type: ignore[index]
-                self._totals[1] += row_tokens  # type: ignore[index]
-            return None, None, None
-
-    _TRAINER.append(ExactLossTrainer)
-    return ExactLossTrainer
 
 
 @dataclass
