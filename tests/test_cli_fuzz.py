@@ -64,6 +64,8 @@ CASES: list[Case] = [
     Case("convert-garbled-weights", "convert {garbled} {out}", "adapter_model.safetensors"),
     Case("convert-nan-weights", "convert {nan} {out}", "adapter_model.safetensors"),
     Case("convert-no-dst", "convert {adapter}", "DST"),
+    Case("convert-dst-holds-src", "convert {nest}/ad {nest}", "DST"),
+    Case("convert-dst-inside-src", "convert {adapter} {adapter}/converted", "DST"),
     # ina generate
     Case("generate-adapter-missing", "generate hi --base_model {base} --adapter a={missing}", "--adapter"),
     Case("generate-adapter-is-file", "generate hi --base_model {base} --adapter a={plain_file}", "--adapter"),
@@ -198,6 +200,13 @@ CASES: list[Case] = [
     Case("export-src-missing", "export lora {missing} {out}", "SRC"),
     Case("export-src-nan", "export lora {nan} {out} --base_model {base}", "adapter_model.safetensors"),
     Case("export-unknown-subcommand", "export nosuch", "nosuch"),
+    Case("export-overwrite-dst-holds-src", "export lora {nest}/ad {nest} --overwrite", "DST"),
+    Case("export-overwrite-dst-is-src", "export lora {adapter} {adapter} --overwrite", "DST"),
+    Case("export-dst-inside-src", "export lora {adapter} {adapter}/lora", "DST"),
+    Case("export-overwrite-not-an-export", "export lora {adapter} {empty_dir} --overwrite", "--overwrite"),
+    Case("export-overwrite-dst-is-file", "export lora {adapter} {plain_file} --overwrite", "DST"),
+    Case("export-dst-under-file", "export lora {adapter} {plain_file}/sub", "DST"),
+    Case("export-overwrite-dst-link-to-parent", "export lora {nest}/ad {nest_link} --overwrite", "DST"),
     # ina bench
     Case("bench-model-missing", "bench --model {missing}", "--model"),
     Case("bench-model-is-file", "bench --model {plain_file}", "--model"),
@@ -233,6 +242,11 @@ def _build_fixtures(root: Path) -> dict[str, str]:
     save_demo_adapter(base, good, 0.3, 1, ["q_proj", "v_proj"])
     paths: dict[str, Path] = {"base": base, "adapter": good, "missing": root / "no-such-path"}
 
+    paths["nest"] = root / "nest"  # an adapter and a file of the user's side by side
+    _copy_adapter(good, paths["nest"] / "ad")
+    (paths["nest"] / "notes.txt").write_text("the user's own file\n")
+    paths["nest_link"] = root / "nest-link"
+    paths["nest_link"].symlink_to(paths["nest"], target_is_directory=True)
     paths["plain_file"] = root / "plain.txt"
     paths["plain_file"].write_text("not a folder\n")
     paths["empty_dir"] = root / "empty-folder"

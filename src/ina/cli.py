@@ -149,13 +149,14 @@ def _convert(args: argparse.Namespace) -> int:
 
     src = _adapter_folder(args.src, "SRC")
     dst = Path(args.dst)
+    from ina.foundation.files import output_problem, overlap_problem
+
+    if problem := overlap_problem(dst, "DST", {"SRC": src}):
+        raise UsageError(problem)
     if dst.exists() or dst.is_symlink():
         raise UsageError(f"DST {args.dst!r} exists; give a new folder (convert never overwrites)")
-    blocker = next((parent for parent in dst.parents if parent.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise UsageError(
-            f"DST {args.dst!r}: {str(blocker)!r} is a file, not a folder; give a path in a folder"
-        )
+    if problem := output_problem(dst, "DST", folder=True):
+        raise UsageError(problem)
     _checked(src, "SRC")  # a damaged adapter is refused, never copied
     config = convert_adapter(src, dst)
     print(f"wrote {args.dst}: InA adapter, inhibition={config.inhibition}, activation={config.activation}")

@@ -104,3 +104,20 @@ def test_bad_input_is_one_line_exit_2(tmp_path, tiny_base, calibration_file, cap
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err, err
     assert not (tmp_path / "new").exists()
+
+
+def test_overwrite_replaces_only_an_earlier_export(tmp_path, tiny_base, calibration_file) -> None:
+    """--overwrite replaces an export; a folder holding anything else, or holding SRC, is never touched."""
+    src = make_adapter(tiny_base, tmp_path / "nest" / "ad", inhibition=0.0)
+    (tmp_path / "nest" / "notes.txt").write_text("mine\n")
+    first = _export(src, tmp_path / "out", calibration_file, prompts=0)
+    again = _export(src, tmp_path / "out", calibration_file, prompts=0, overwrite=True)
+    assert first["export"] == again["export"] and (tmp_path / "out" / REPORT_FILE).is_file()
+    (tmp_path / "out" / "notes.txt").write_text("mine too\n")
+    with pytest.raises(UsageError, match=r"--overwrite replaces only an earlier export.*'notes.txt'"):
+        _export(src, tmp_path / "out", calibration_file, prompts=0, overwrite=True)
+    with pytest.raises(UsageError, match="holds SRC"):
+        _export(src, tmp_path / "nest", calibration_file, prompts=0, overwrite=True)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine too\n"
+    assert sorted(p.name for p in (tmp_path / "nest").iterdir()) == ["ad", "notes.txt"]
+    assert (src / "adapter_model.safetensors").is_file()

@@ -151,9 +151,7 @@ def export_lora(options: ExportOptions, log: Callable[[str], Any] = lambda _: No
     options.check()
     started = time.time()
     source = _source_config(options.src)
-    dst = check_destination(options.dst, options.overwrite)
-    if dst.resolve() == Path(options.src).resolve():
-        raise UsageError("DST must differ from SRC; choose a new folder for the export")
+    dst = check_destination(options.src, options.dst, options.overwrite)
     if options.rank > _max_rank(source):
         raise UsageError(
             f"--rank must be at most SRC's rank r = {_max_rank(source)}: the branch's output lies in the span of "

@@ -82,13 +82,39 @@ def tensor_names(layer_name: str) -> tuple[str, str]:
     return f"{layer_name}.lora_A.weight", f"{layer_name}.lora_B.weight"
 
 
-def check_destination(dst: str | os.PathLike[str], overwrite: bool) -> Path:
-    """``DST`` as a path; an existing one is refused unless ``overwrite``."""
+# What an earlier `ina export lora` leaves in DST: only such a folder may be replaced by --overwrite.
+EXPORT_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, "adapter.gguf", "export_report.json", *CARRIED})
+
+
+def check_destination(src: str | os.PathLike[str], dst: str | os.PathLike[str], overwrite: bool) -> Path:
+    """``DST`` as a path, checked before any work: never SRC, never holding or inside SRC, never under a file;
+    an existing ``DST`` only with ``overwrite``, and only when it is an earlier export (nothing else in it)."""
+    from ina.foundation.files import output_problem, overlap_problem
+
     path = Path(dst)
-    if path.exists() and not overwrite:
+    problem = overlap_problem(path, "DST", {"SRC": src}) or output_problem(path, "DST", folder=True)
+    if problem:
+        raise UsageError(problem + "; nothing was changed")
+    if path.is_symlink():
+        raise UsageError(
+            f"DST {str(path)!r} is a symbolic link; give a real folder path (nothing was changed)"
+        )
+    if not path.exists():
+        return path
+    if not overwrite:
         raise UsageError(f"DST {str(path)!r} exists; choose a new folder or pass --overwrite to replace it")
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"DST {str(path)!r} is a file, not a folder; choose a folder path")
+    entries = sorted(item.name for item in path.iterdir())
+    foreign = [name for name in entries if name not in EXPORT_FILES or not (path / name).is_file()]
+    if "export_report.json" not in entries or foreign:
+        what = (
+            f"it holds {', '.join(repr(n) for n in foreign[:3])}"
+            if foreign
+            else "it has no export_report.json"
+        )
+        raise UsageError(
+            f"--overwrite replaces only an earlier export, and DST {str(path)!r} is not one ({what}); "
+            "nothing was changed. Choose a new DST, or remove that folder yourself"
+        )
     return path
 
 

@@ -107,3 +107,27 @@ def output_problem(path: PathLike | None, flag: str, folder: bool = False) -> st
     if blocker is not None and not blocker.is_dir():
         return f"{flag} {str(path)!r}: {str(blocker)!r} is a file, not a folder; give a path in a folder"
     return None
+
+
+def overlap_problem(path: PathLike, flag: str, sources: dict[str, PathLike | None]) -> str | None:
+    """Why writing (or replacing) the folder ``path`` given by ``flag`` would touch an input: it is one of
+    ``sources`` (flag -> path, e.g. ``{"SRC": src}``), holds one, or lies inside one. Paths are compared
+    after resolving symbolic links. None when it touches none."""
+    target = Path(path).resolve()
+    for source_flag, source in sources.items():
+        if not source:
+            continue
+        origin = Path(source).resolve()
+        if target == origin:
+            relation = "is"
+        elif target in origin.parents:
+            relation = "holds"
+        elif origin in target.parents:
+            relation = "lies inside"
+        else:
+            continue
+        return (
+            f"{flag} {str(path)!r} {relation} {source_flag} {str(source)!r}; writing there could destroy "
+            f"{source_flag}. Choose a {flag} outside {source_flag}"
+        )
+    return None
