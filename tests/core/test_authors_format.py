@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 import ina
 from ina.core.registry import AuthorsFormatError
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "authors-bert-large-cola"
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"authors' fixtures not found at {FIXTURES}")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "authors-bert-large-cola"  # in the repository
 
 
 def bert_large_cased():

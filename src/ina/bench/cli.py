@@ -14,7 +14,8 @@ from ina.foundation.arguments import add_arguments, from_namespace
 
 SERVE_DESCRIPTION = (
     "Benchmark `ina serve`: requests/s and time to first token for 1, 8 and 32 concurrent streaming clients. "
-    "Without --url, starts `ina serve` (a child process) on a free loopback port and stops it at the end. "
+    "Without --url, starts `ina serve` (a child process) on a free loopback port (or --port) and stops it at "
+    "the end. "
     "With --adapters N [N ...]: tokens/s, TTFT and latency as the number of adapters in use grows, in "
     "alternating rounds, with the ratio to the smallest N."
 )

@@ -108,61 +108,89 @@ def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _spread_cell(spread: dict[str, float] | None, spec: str) -> str:
+    return f"{spread['median']:{spec}} [{spread['q1']:{spec}}, {spread['q3']:{spec}}]" if spread else "—"
+
+
+def _median_cell(spread: dict[str, float] | None, spec: str) -> str:
+    return format(spread["median"], spec) if spread else "—"
+
+
+def _mib(value: int | None) -> str:
+    return _fmt(value / 2**20 if value is not None else None, ".1f")
+
+
+# (header, cell from a variant's result and its ratios), in the printed order; the peak columns only where a
+# peak was measured (CUDA: CPU has no peak-memory counter), the decode columns only with --decode
+_STEP_COLUMNS: list[tuple[str, Any]] = [
+    ("variant", lambda r, q: r["name"]),
+    ("trainable", lambda r, q: f"{r['trainable_parameters']:,}"),
+    ("step ms, median [IQR]", lambda r, q: _spread_cell(r["step_ms"], ".1f")),
+    ("× base", lambda r, q: _fmt(q["step_vs_base"], ".3f")),
+    ("× LoRA", lambda r, q: _fmt(q["step_vs_lora"], ".3f")),
+    ("CPU ms", lambda r, q: _median_cell(r["step_cpu_ms"], ".1f")),
+    ("× base", lambda r, q: _fmt(q["step_cpu_vs_base"], ".3f")),
+    ("× LoRA", lambda r, q: _fmt(q["step_cpu_vs_lora"], ".3f")),
+]
+_PEAK_COLUMNS: list[tuple[str, Any]] = [
+    (
+        "peak MiB",
+        lambda r, q: _fmt(r["peak_memory_bytes"] / 2**20 if r["peak_memory_bytes"] else None, ".0f"),
+    ),
+    ("× base", lambda r, q: _fmt(q["peak_memory_vs_base"], ".3f")),
+]
+_SAVED_COLUMNS: list[tuple[str, Any]] = [
+    ("saved MiB", lambda r, q: _mib(r["saved_for_backward_bytes"])),
+    ("× base", lambda r, q: _fmt(q["saved_for_backward_vs_base"], ".3f")),
+]
+_DECODE_COLUMNS: list[tuple[str, Any]] = [
+    ("decode ms/token [IQR]", lambda r, q: _spread_cell(r["decode_ms_per_token"], ".2f")),
+    ("× base", lambda r, q: _fmt(q["decode_vs_base"], ".3f")),
+    ("× LoRA", lambda r, q: _fmt(q.get("decode_vs_lora"), ".3f")),
+    ("decode CPU ms", lambda r, q: _median_cell(r.get("decode_cpu_ms_per_token"), ".2f")),
+    ("× LoRA", lambda r, q: _fmt(q.get("decode_cpu_vs_lora"), ".3f")),
+]
+NO_PEAK_NOTE = (
+    "- no peak-memory columns: there is no peak counter on CPU (CUDA's max_memory_allocated); "
+    "saved MiB is what autograd keeps for backward"
+)
+
+
 def format_table(report: dict[str, Any]) -> str:
-    """The report as a Markdown table: medians, spreads and ratios against the frozen base."""
-    rows = [
-        "| variant | trainable | step ms, median [IQR] | × base | × LoRA | CPU ms | × base | × LoRA | peak MiB | × base | saved MiB | × base "
-        "| decode ms/token [IQR] | × base | × LoRA | decode CPU ms | × LoRA |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    mib = 1 / 2**20
+    """The report as a Markdown table: medians, spreads and ratios against the frozen base (and PEFT LoRA).
+
+    Only the columns that were measured: peak memory on CUDA, decoding with ``--decode``."""
+    variants = report["variants"].values()
+    peak = any(r["peak_memory_bytes"] for r in variants)
+    decode = any(r["decode_ms_per_token"] for r in variants)
+    columns = _STEP_COLUMNS + (_PEAK_COLUMNS if peak else []) + _SAVED_COLUMNS
+    columns += _DECODE_COLUMNS if decode else []
+    rows = ["| " + " | ".join(header for header, _ in columns) + " |", "|" + "---|" * len(columns)]
     for name, r in report["variants"].items():
-        ratio = report["ratios"][name]
-        step = r["step_ms"]
-        decode = r["decode_ms_per_token"]
-        decode_cpu = r.get("decode_cpu_ms_per_token")
-        peak = r["peak_memory_bytes"]
-        saved = r["saved_for_backward_bytes"]
-        rows.append(
-            "| "
-            + " | ".join(
-                [
-                    name,
-                    f"{r['trainable_parameters']:,}",
-                    f"{step['median']:.1f} [{step['q1']:.1f}, {step['q3']:.1f}]" if step else "—",
-                    _fmt(ratio["step_vs_base"], ".3f"),
-                    _fmt(ratio["step_vs_lora"], ".3f"),
-                    f"{r['step_cpu_ms']['median']:.1f}" if r["step_cpu_ms"] else "—",
-                    _fmt(ratio["step_cpu_vs_base"], ".3f"),
-                    _fmt(ratio["step_cpu_vs_lora"], ".3f"),
-                    _fmt(peak * mib if peak else None, ".0f"),
-                    _fmt(ratio["peak_memory_vs_base"], ".3f"),
-                    _fmt(saved * mib if saved is not None else None, ".1f"),
-                    _fmt(ratio["saved_for_backward_vs_base"], ".3f"),
-                    f"{decode['median']:.2f} [{decode['q1']:.2f}, {decode['q3']:.2f}]" if decode else "—",
-                    _fmt(ratio["decode_vs_base"], ".3f"),
-                    _fmt(ratio.get("decode_vs_lora"), ".3f"),
-                    f"{decode_cpu['median']:.2f}" if decode_cpu else "—",
-                    _fmt(ratio.get("decode_cpu_vs_lora"), ".3f"),
-                ]
-            )
-            + " |"
-        )
+        ratios = report["ratios"][name]
+        rows.append("| " + " | ".join(cell(r, ratios) for _, cell in columns) + " |")
     notes = [f"- {name}: {r['note']}" for name, r in report["variants"].items() if r["note"]]
+    if not peak:
+        notes.append(NO_PEAK_NOTE)
     return "\n".join(rows + notes)
 
 
+SERVING_HEADER = ("clients", "requests", "req/s", "tok/s", "TTFT p50", "TTFT p95", "latency p50")
+
+
 def format_serving_table(report: dict[str, Any]) -> str:
-    """The serving benchmark as a fixed-width table: one row per number of concurrent clients."""
+    """The serving benchmark: a line saying what ran, then a Markdown table, one row per number of clients."""
     lines = [
         f"models {report['models']}, max_tokens {report['max_tokens']}, "
         f"{report['requests_per_client']} requests per client",
-        f"{'clients':>7} {'requests':>8} {'req/s':>7} {'tok/s':>7} {'TTFT p50':>9} {'TTFT p95':>9} {'latency p50':>11}",
+        "",
+        "| " + " | ".join(SERVING_HEADER) + " |",
+        "|" + "---|" * len(SERVING_HEADER),
     ]
     for r in report["rows"]:
         lines.append(
-            f"{r['clients']:>7} {r['requests']:>8} {r['requests_per_s']:>7.2f} {r['tokens_per_s']:>7.1f} "
-            f"{r['ttft_p50_ms']:>7.0f}ms {r['ttft_p95_ms']:>7.0f}ms {r['latency_p50_ms']:>9.0f}ms"
+            f"| {r['clients']} | {r['requests']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} "
+            f"| {r['ttft_p50_ms']:.0f} ms | {r['ttft_p95_ms']:.0f} ms | {r['latency_p50_ms']:.0f} ms |"
         )
     return "\n".join(lines)
 

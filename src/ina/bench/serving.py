@@ -161,7 +161,7 @@ def serve_process(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Run ``ina serve`` on ``base_model`` and ``adapters`` in a child process; yields its URL and the process,
     then stops it."""
-    port = _free_port()
+    port = settings.port or _free_port()  # --port, else any free loopback port
     command = [sys.executable, "-m", "ina", "serve", "--base_model", base_model, "--port", str(port)]
     for name, path in adapters.items():
         command += ["--adapter", f"{name}={path}"]

@@ -27,8 +27,18 @@ PRESETS: dict[str, dict[str, int]] = {
         num_key_value_heads=32, vocab_size=32000,
     ),
 }  # fmt: skip
-# (batch, sequence) when --batch / --seq are not given
+# (batch, sequence) when --batch / --seq are not given: per preset, and for --model (a local model of any size)
 PRESET_BATCH: dict[str, tuple[int, int]] = {"tiny": (4, 64), "1b": (8, 1024), "7b": (4, 1024)}
+MODEL_BATCH: tuple[int, int] = (1, 512)
+
+
+def _shape_defaults(index: int) -> str:
+    """``"tiny 4, 1b 8, 7b 4, --model 1"``: the defaults of --batch (0) or --seq (1), for the help."""
+    return ", ".join(
+        [*(f"{name} {shape[index]}" for name, shape in PRESET_BATCH.items()), f"--model {MODEL_BATCH[index]}"]
+    )
+
+
 TARGETS: dict[str, list[str] | str] = {"qv": ["q_proj", "v_proj"], "all-linear": "all-linear"}
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
@@ -72,11 +82,9 @@ class BenchSettings:
     )
     steps: int = field(default=10, metadata={"help": "measured rounds (one step of each variant per round)"})
     warmup: int = field(default=3, metadata={"help": "rounds run before measuring"})
-    batch: int | None = field(
-        default=None, metadata={"help": "batch size (preset default: tiny 4, 1b 8, 7b 4)"}
-    )
+    batch: int | None = field(default=None, metadata={"help": f"batch size (default: {_shape_defaults(0)})"})
     seq: int | None = field(
-        default=None, metadata={"help": "sequence length (preset default: tiny 64, else 1024)"}
+        default=None, metadata={"help": f"sequence length (default: {_shape_defaults(1)})"}
     )
     dtype: str = field(
         default="auto",
@@ -132,9 +140,16 @@ class BenchSettings:
         """Raise `BenchError` listing every problem, if there is one."""
         _raise_problems("ina bench", self.problems())
 
+    def batch_shape(self) -> tuple[int, int]:
+        """(batch, sequence length): --batch / --seq, else the default of the preset or of --model."""
+        default = (
+            MODEL_BATCH if self.model is not None else PRESET_BATCH.get(self.preset or "tiny", MODEL_BATCH)
+        )
+        return (self.batch or default[0], self.seq or default[1])
+
     def problems(self) -> list[str]:
         """Every invalid setting, as messages naming the flag, the rule and the value."""
-        import torch
+        from ina.foundation.models import resolve_device
 
         out = []
         if (self.preset is None) == (self.model is None):
@@ -165,8 +180,11 @@ class BenchSettings:
             out.append(f"--adapter_dtype must be model or float32; got {self.adapter_dtype!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             out.append(f"--device must be auto, cpu or cuda; got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            out.append("--device cuda needs a CUDA device, and none is available; use --device cpu")
+        else:
+            try:  # the one wording of a device this machine lacks, as every command says it
+                resolve_device(self.device)
+            except UsageError as error:
+                out.append(str(error))
         if not 0 <= self.lora_dropout < 1:
             out.append(f"--dropout must be in [0, 1); got {self.lora_dropout}")
         # ρ = 0 is the `lora` variant, so the InA variants need ρ > 0 (InAConfig checks ρ < 1 again).
@@ -204,6 +222,10 @@ class ServeBenchSettings:
     max_tokens: int = 32
     num_threads: int | None = field(
         default=None, metadata={"help": "torch CPU threads of the server this benchmark starts"}
+    )
+    port: int = field(
+        default=0,
+        metadata={"help": "loopback port of the server this benchmark starts (default 0: any free port)"},
     )
     adapter_counts: list[int] = field(
         default_factory=list,
@@ -249,4 +271,33 @@ class ServeBenchSettings:
             out.append(f"--repeats must be ≥ 1; got {self.repeats}")
         if self.peft_path and self.url is not None:
             out.append("--peft_path sets the environment of the server this benchmark starts; drop --url")
+        if self.port and self.url is not None:
+            out.append(
+                f"--port {self.port} is the port of the server this benchmark starts; drop --port or --url"
+            )
+        elif not 0 <= self.port <= 65535:
+            out.append(f"--port must be an integer in 0..65535 (0: any free port); got {self.port}")
+        elif self.port and (problem := _port_taken(self.port)):
+            out.append(problem)
         return out
+
+
+def _port_taken(port: int) -> str | None:
+    """Why the benchmark's server could not listen on 127.0.0.1:``port``, or None when it can."""
+    import errno
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return (
+                    f"--port {port} is already in use on 127.0.0.1; stop what listens there, choose another "
+                    "--port, or leave it out (any free port)"
+                )
+            return (
+                f"--port {port}: cannot listen on 127.0.0.1 ({error.strerror or error}); choose a --port of "
+                "1024 or more, or leave it out"
+            )
+    return None

@@ -9,6 +9,24 @@ from ina.foundation.files import write_json, write_text
 
 RESULTS_JSON = "eval_results.json"
 RESULTS_MD = "eval_results.md"
+# lm-eval's metric keys (kept as they are in eval_results.json) → the names the printed table uses
+METRIC_NAMES = {
+    "acc": "accuracy",
+    "acc_norm": "accuracy (length-normalised)",
+    "byte_perplexity": "byte perplexity",
+    "bits_per_byte": "bits per byte",
+    "word_perplexity": "word perplexity",
+    "exact_match": "exact match",
+    "mcc": "Matthews correlation",
+    "f1": "F1",
+}
+
+
+def metric_name(key: str) -> str:
+    """The printed name of an lm-eval metric key: ``acc`` → ``accuracy``, ``bits_per_byte`` → ``bits per
+    byte``, ``exact_match (strict-match)`` → ``exact match (strict-match)``; other keys with spaces for ``_``."""
+    metric, space, rest = key.partition(" ")
+    return METRIC_NAMES.get(metric, metric.replace("_", " ")) + space + rest
 
 
 def _cell(entry: dict[str, Any] | None, base: dict[str, Any] | None) -> str:
@@ -39,7 +57,9 @@ def markdown_table(results: dict[str, Any]) -> str:
         base = entries[0]
         cells = [_cell(entry, base) for entry in entries]
         lines.append(
-            f"| {task} | {metric}{arrow} | {first.get('samples') or ''} | " + " | ".join(cells) + " |"
+            f"| {task} | {metric_name(metric)}{arrow} | {first.get('samples') or ''} | "
+            + " | ".join(cells)
+            + " |"
         )
     return "\n".join(lines)
 
