@@ -83,6 +83,8 @@ CASES: list[Case] = [
     Case("generate-prompts-file-bad-line-3", "generate --base_model {base} --prompts_file {prompts_bad_line3}", ":3"),
     Case("generate-prompts-file-bad-array", "generate --base_model {base} --prompts_file {prompts_bad_array}", "--prompts_file"),
     Case("generate-prompts-file-no-instruction", "generate --base_model {base} --prompts_file {prompts_no_instruction}", "--prompts_file"),
+    Case("generate-prompts-file-no-instruction-line", "generate --base_model {base} --prompts_file {prompts_no_instruction}", "no-instruction.jsonl:1: "),
+    Case("generate-adapter-bare-unusable-name", "generate hi --base_model {base} --adapter {plain_file}", "is a file"),
     Case("generate-template-missing-file", "generate hi --base_model {base} --prompt_template_name {missing}.json", "--prompt_template_name"),
     Case("generate-template-unknown-name", "generate hi --base_model {base} --prompt_template_name nosuch", "--prompt_template_name"),
     Case("generate-template-malformed", "generate hi --base_model {base} --prompt_template_name {bad_template}", "--prompt_template_name"),
@@ -127,6 +129,12 @@ CASES: list[Case] = [
     Case("finetune-max-steps-text", "finetune --base_model {base} --max_steps abc --output_dir {out}", "--max_steps"),
     Case("finetune-unknown-flag", "finetune --base_model {base} --nosuchflag 1 --output_dir {out}", "--nosuchflag"),
     Case("finetune-deepspeed-missing", "finetune --base_model {base} --deepspeed {missing}.json --output_dir {out}", "--deepspeed"),
+    Case("finetune-output-dir-is-base", "finetune --base_model {base} --data_path {bad_records} --output_dir {base} --overwrite_output_dir", "is --base_model"),
+    Case("finetune-output-dir-inside-base", "finetune --base_model {base} --data_path {bad_records} --output_dir {base}/out", "lies inside --base_model"),
+    Case("finetune-output-dir-holds-data", "finetune --base_model {base} --data_path {nest}/notes.txt --output_dir {nest} --overwrite_output_dir", "holds --data_path"),
+    Case("finetune-output-dir-is-checkpoint", "finetune --base_model {base} --resume_from_checkpoint {adapter} --output_dir {adapter} --overwrite_output_dir", "is --resume_from_checkpoint"),
+    Case("finetune-output-dir-inside-checkpoint", "finetune --base_model {base} --resume_from_checkpoint {adapter} --output_dir {adapter}/run", "lies inside --resume_from_checkpoint"),
+    Case("finetune-output-dir-under-file", "finetune --base_model {base} --output_dir {plain_file}/run", "--output_dir"),
     # ina glue
     Case("glue-train-file-binary", "glue --train_file {binary_tsv} --validation_file {binary_tsv} --output_dir {out}", "--train_file"),
     Case("glue-train-file-missing", "glue --train_file {missing}.tsv --validation_file {missing}.tsv --output_dir {out}", "--train_file"),
@@ -143,6 +151,12 @@ CASES: list[Case] = [
     Case("glue-dataset-unknown", "glue --dataset_name nosuch --output_dir {out}", "--dataset_name"),
     Case("glue-data-dir-is-file", "glue --data_dir {plain_file} --output_dir {out}", "--data_dir"),
     Case("glue-unknown-flag", "glue --nosuchflag 1 --output_dir {out}", "--nosuchflag"),
+    Case("glue-output-dir-finished", "glue --output_dir {sweep_run}", "holds a finished run (result.json); nothing was changed. Pass --overwrite_output_dir"),
+    Case("glue-output-dir-is-model", "glue --model_name_or_path {base} --output_dir {base} --overwrite_output_dir", "is --model_name_or_path"),
+    Case("glue-output-dir-inside-model", "glue --model_name_or_path {base} --output_dir {base}/glue", "lies inside --model_name_or_path"),
+    Case("glue-output-dir-holds-data", "glue --train_file {nest}/notes.txt --validation_file {nest}/notes.txt --output_dir {nest} --overwrite_output_dir", "holds --train_file"),
+    Case("glue-output-dir-inside-checkpoint", "glue --resume_from_checkpoint {adapter} --output_dir {adapter}/run", "lies inside --resume_from_checkpoint"),
+    Case("glue-output-dir-under-file", "glue --output_dir {plain_file}/run", "--output_dir"),
     # ina squad
     Case("squad-train-file-binary", "squad --train_file {binary_json} --validation_file {binary_json} --output_dir {out}", "--train_file"),
     Case("squad-train-file-missing", "squad --train_file {missing}.json --validation_file {missing}.json --output_dir {out}", "--train_file"),
@@ -150,6 +164,10 @@ CASES: list[Case] = [
     Case("squad-n-best-text", "squad --n_best_size x --output_dir {out}", "--n_best_size"),
     Case("squad-model-missing", "squad --model_name_or_path {missing} --output_dir {out}", "--model_name_or_path"),
     Case("squad-lora-r-0", "squad --lora_r 0 --output_dir {out}", "--lora_r"),
+    Case("squad-output-dir-finished", "squad --output_dir {sweep_run}", "holds a finished run (result.json); nothing was changed. Pass --overwrite_output_dir"),
+    Case("squad-output-dir-is-model", "squad --model_name_or_path {base} --output_dir {base} --overwrite_output_dir", "is --model_name_or_path"),
+    Case("squad-output-dir-holds-data", "squad --train_file {nest}/notes.txt --validation_file {nest}/notes.txt --output_dir {nest} --overwrite_output_dir", "holds --train_file"),
+    Case("squad-output-dir-is-checkpoint", "squad --resume_from_checkpoint {adapter} --output_dir {adapter} --overwrite_output_dir", "is --resume_from_checkpoint"),
     # ina sweep
     Case("sweep-experiment-unknown", "sweep --experiment nosuch --output_dir {out}", "--experiment"),
     Case("sweep-inhibition-text", "sweep --inhibition a,b --output_dir {out}", "--inhibition"),
@@ -172,6 +190,7 @@ CASES: list[Case] = [
     Case("serve-port-out-of-range", "serve --base_model {base} --port 70000", "--port"),
     Case("serve-dtype-unknown", "serve --base_model {base} --dtype float8", "--dtype"),
     Case("serve-device-unknown", "serve --base_model {base} --device gpu9", "--device"),
+    Case("serve-device-absent", "serve --base_model {base} --device cuda:99", "--device"),
     Case("serve-base-missing", "serve --base_model {missing}", "--base_model"),
     Case("serve-max-batch-size-0", "serve --base_model {base} --max_batch_size 0", "--max_batch_size"),
     # ina viz
@@ -188,6 +207,8 @@ CASES: list[Case] = [
     Case("viz-attention-out-is-file", "viz attention --base_model {base} --text hi --out {plain_file}", "--out"),
     Case("viz-attention-dtype-unknown", "viz attention --base_model {base} --text hi --dtype float8 --out {out}", "--dtype"),
     Case("viz-attention-device-unknown", "viz attention --base_model {base} --text hi --device gpu9 --out {out}", "--device"),
+    Case("viz-attention-device-absent", "viz attention --base_model {base} --text hi --device cuda:99 --out {out}", "--device"),
+    Case("viz-inhibition-device-absent", "viz inhibition --base_model {base} --adapter a={adapter} --text hi --device cuda:99 --out {out}", "--device"),
     Case("viz-curves-missing", "viz curves {missing} --out {out}", "RUN_DIR"),
     Case("viz-curves-sweep-run", "viz curves {sweep_run} --out {out}", "trainer_state.json"),
     Case("viz-curves-bad-state", "viz curves {bad_state_run} --out {out}", "trainer_state.json"),
@@ -197,6 +218,7 @@ CASES: list[Case] = [
     Case("eval-adapter-truncated", "eval --base_model {base} --adapter a={truncated} --output_dir {out}", "--adapter"),
     Case("eval-limit-text", "eval --base_model {base} --limit x --output_dir {out}", "--limit"),
     Case("eval-base-missing", "eval --base_model {missing} --output_dir {out}", "--base_model"),
+    Case("eval-device-absent", "eval --base_model {base} --adapter a={adapter} --device cuda:99 --output_dir {out}", "--device"),
     Case("export-src-missing", "export lora {missing} {out}", "SRC"),
     Case("export-src-nan", "export lora {nan} {out} --base_model {base}", "adapter_model.safetensors"),
     Case("export-unknown-subcommand", "export nosuch", "nosuch"),
@@ -206,6 +228,7 @@ CASES: list[Case] = [
     Case("export-overwrite-not-an-export", "export lora {adapter} {empty_dir} --overwrite", "--overwrite"),
     Case("export-overwrite-dst-is-file", "export lora {adapter} {plain_file} --overwrite", "DST"),
     Case("export-dst-under-file", "export lora {adapter} {plain_file}/sub", "DST"),
+    Case("export-device-absent", "export lora {adapter} {out} --base_model {base} --device cuda:99", "--device"),
     Case("export-overwrite-dst-link-to-parent", "export lora {nest}/ad {nest_link} --overwrite", "DST"),
     # ina bench
     Case("bench-model-missing", "bench --model {missing}", "--model"),
@@ -215,6 +238,7 @@ CASES: list[Case] = [
     Case("bench-preset-unknown", "bench --preset huge", "--preset"),
     Case("bench-preset-and-model", "bench --preset tiny --model {base}", "--model"),
     Case("bench-json-is-folder", "bench --json {empty_dir}", "--json"),
+    Case("bench-serve-port-out-of-range", "bench serve --tiny --port 70000", "--port"),
 ]
 # fmt: on
 

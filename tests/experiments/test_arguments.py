@@ -9,7 +9,7 @@ from ina.experiments.cli import register
 from ina.foundation.errors import UsageError
 
 ADAPTER = ["activation", "inhibition", "lora_alpha", "lora_dropout", "lora_r", "lora_target_modules"]
-ADAPTER += ["modules_to_save", "torch_threads", "test_file", "dev_fraction"]
+ADAPTER += ["modules_to_save", "torch_threads", "test_file", "dev_fraction", "overwrite_output_dir"]
 FLAGS = {
     "glue": [
         *ADAPTER,

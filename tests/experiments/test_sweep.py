@@ -7,7 +7,8 @@ import math
 import pytest
 
 from ina.cli import main
-from ina.experiments.sweep_report import markdown_table, summarise, verdict
+from ina.experiments.sweep import experiment_flags
+from ina.experiments.sweep_report import markdown_table, summarise, verdict, write_summaries
 
 FAST = [
     "--num_train_epochs",
@@ -88,6 +89,15 @@ def test_sweep_two_ratios_two_seeds_end_to_end(tiny_encoder_dir, sentiment_files
         assert (out / "runs" / run / "result.json").stat().st_mtime_ns == stamps[run]
     assert (out / "runs" / runs[0] / "result.json").exists()
 
+    # Speed settings are not the experiment: resuming with another --torch_threads skips every finished run.
+    assert argv[-2:] == ["--torch_threads", "1"]
+    assert main([*argv[:-2], "--torch_threads", "2"]) == 0
+    log = capsys.readouterr().out
+    assert log.count("finished earlier, skipped") == 4
+    assert log.strip().splitlines()[-1] == (
+        f"wrote results.csv, results.md, results.png and each run's folder (runs/) to {out.resolve()}"
+    )
+
     # Other experiment flags in the same folder would reuse runs of a different experiment: refused.
     assert main([*argv, "--max_seq_length", "16"]) == 2
     assert "pass a new --output_dir" in capsys.readouterr().err
@@ -138,3 +148,31 @@ def test_sweep_rejects_bad_grids(argv, message, tmp_path, capsys):
     assert main(["sweep", "--output_dir", str(tmp_path / "s"), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_speed_flags_are_not_part_of_the_sweep_identity():
+    flags = ["--max_seq_length", "16", "--torch_threads", "2", "--disable_tqdm", "--seed_x", "1"]
+    flags += ["--dataloader_num_workers=2", "--disable_tqdm", "true", "--overwrite_output_dir"]
+    assert experiment_flags(flags) == ["--max_seq_length", "16", "--seed_x", "1"]
+
+
+def _records(classes):
+    return [
+        {"inhibition": rho, "activation": "leaky_relu", "r": 4, "seed": seed, "task": "sst2",
+         "metrics": {"accuracy": 0.5 + 0.01 * seed}, **({"predicted_classes": c} if c else {})}
+        for (rho, seed), c in zip([(0.0, 1), (0.0, 2), (0.9, 1), (0.9, 2)], classes, strict=True)
+    ]  # fmt: skip
+
+
+def test_a_sweep_whose_runs_predict_one_class_says_so(tmp_path):
+    both, one = {"negative": 240, "positive": 260}, {"positive": 500}
+    write_summaries(tmp_path, _records([one, one, one, one]), "glue")
+    text = (tmp_path / "results.md").read_text()
+    assert "**Warning: every run of this sweep (4) predicts one class (positive)" in text.splitlines()[2]
+    write_summaries(tmp_path, _records([both, both, one, one]), "glue")
+    text = (tmp_path / "results.md").read_text()
+    assert "**Warning: 2 of 4 runs predict one class (positive)" in text
+    assert "InA ρ=0.9 (leaky_relu, r=4): seed 1, seed 2" in text
+    for classes in ([both] * 4, [None] * 4):  # runs that learnt, or records without the field
+        write_summaries(tmp_path, _records(classes), "glue")
+        assert "Warning" not in (tmp_path / "results.md").read_text()

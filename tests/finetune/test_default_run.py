@@ -27,5 +27,7 @@ def test_no_argument_run_lowers_validation_loss_and_shows_answers(tmp_path: Path
     summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
     assert summary["prompt_template"] == "chat" and summary["global_step"] == 24
     assert summary["val_loss_finetuned"] < summary["val_loss_base"]
-    assert len(summary["examples"]) == 3 and all(e["base"] and e["finetuned"] for e in summary["examples"])
+    # all 16 held-out prompts recorded with both answers; 3 printed
+    assert len(summary["examples"]) == summary["val_examples"] == 16
+    assert all(e["base"] and e["finetuned"] for e in summary["examples"])
     assert done.stdout.count("=== held-out prompt") == 3 and "validation loss: base" in done.stdout

@@ -66,7 +66,12 @@ def test_run_writes_a_verified_adapter_summary_and_curve(trained: dict[str, Any]
     assert written["reload_max_abs_logit_diff"] == 0.0
     assert written["val_examples"] == 8 and written["train_examples"] == 32
     assert written["val_loss_finetuned"] < written["val_loss_base"]
-    assert len(written["examples"]) == 2 and {"base", "finetuned", "reference"} <= set(written["examples"][0])
+    # every held-out prompt is recorded with both answers (2 were printed: --show_examples 2)
+    assert len(written["examples"]) == written["val_examples"] == 8
+    assert all(
+        {"base", "finetuned", "reference", "instruction", "input"} <= set(e) for e in written["examples"]
+    )
+    assert len({e["location"] for e in written["examples"]}) == 8
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 

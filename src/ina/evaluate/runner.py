@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,15 +164,17 @@ def evaluate(options: EvalOptions, log: Any = None) -> dict[str, Any]:
         )
         chat = chat_template_on(options, tokenizer)
         with _quiet_lm_eval():
-            lm = _quiet(HFLM)(
-                pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size, backend="causal"
-            )
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size, backend="causal")
         results: dict[str, Any] = {}
         seconds: dict[str, float] = {}
         for row in [BASE, *options.adapters]:
             log(f"evaluating {row} on {', '.join(options.tasks)}")
             begun = time.time()
-            with using_adapter(model, BASE_ADAPTER if row == BASE else row), _quiet_lm_eval():
+            with (
+                using_adapter(model, BASE_ADAPTER if row == BASE else row),
+                _quiet_lm_eval(),
+                _lm_eval_progress(),
+            ):
                 output = lm_eval.simple_evaluate(
                     model=lm,
                     tasks=list(options.tasks),
@@ -242,15 +243,17 @@ class _quiet_lm_eval:
         self._logger.setLevel(self._level)
 
 
-def _quiet(hflm: type) -> type:
-    """``HFLM`` without progress bars when stderr is not a terminal (lm-eval draws them per request type)."""
+class _lm_eval_progress:
+    """lm-eval's request bars through `ina.foundation.progress`: a bar on a terminal, else periodic lines
+    with an ETA (lm-eval builds its bars with the ``tqdm`` its model module imported; swapped here, restored after)."""
 
-    def bars_off(method: str) -> Any:
-        def call(self: Any, requests: Any, disable_tqdm: bool = False, **kwargs: Any) -> Any:
-            quiet = disable_tqdm or not sys.stderr.isatty()
-            return getattr(hflm, method)(self, requests, disable_tqdm=quiet, **kwargs)
+    def __enter__(self) -> None:
+        from lm_eval.models import huggingface
 
-        return call
+        from ina.foundation.progress import tqdm_class
 
-    methods = ("loglikelihood", "loglikelihood_rolling", "generate_until")
-    return type("QuietHFLM", (hflm,), {method: bars_off(method) for method in methods})
+        self._module, self._tqdm = huggingface, huggingface.tqdm
+        huggingface.tqdm = tqdm_class()
+
+    def __exit__(self, *_: Any) -> None:
+        self._module.tqdm = self._tqdm

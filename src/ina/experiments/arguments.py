@@ -55,6 +55,11 @@ class ExperimentArguments(AdapterArguments):
             "metavar": "NAME=PATH",
         },
     )
+    overwrite_output_dir: bool = option(
+        False,
+        "replace a finished run in --output_dir (its checkpoint-* folders are removed first); without it such "
+        "a folder is refused",
+    )
     dev_fraction: float = option(
         0.0,
         "carve this share of the training rows (after --max_train_samples, fixed shuffle, seed 0) into a dev "

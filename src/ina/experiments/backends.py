@@ -39,19 +39,32 @@ def read_result(folder: Path) -> dict[str, Any] | None:
 
 
 def run_local(jobs: list[Job], run_one: RunOne, log: Log) -> dict[str, dict[str, Any]]:
-    """Run unfinished jobs in order (finished ones are read back and skipped); return records by job name."""
+    """Run unfinished jobs in order (finished ones are read back and skipped); return records by job name.
+
+    Progress over the runs (`ina.foundation.progress`: a bar on a terminal, periodic lines with an ETA in a
+    log file) counts the finished runs as done before, so the ETA comes from the runs trained now.
+    """
+    from ina.foundation.progress import progress, writing
+
+    earlier = {job.name: read_result(job.folder) for job in jobs}
     records: dict[str, dict[str, Any]] = {}
-    for index, job in enumerate(jobs, start=1):
-        prefix = f"[{index}/{len(jobs)}] {job.name}"
-        record = read_result(job.folder)
-        if record is not None:
-            log(f"{prefix}: finished earlier, skipped")
-        else:
-            log(f"{prefix}: running")
-            started = time.perf_counter()
-            record = run_one(list(job.argv))
-            log(f"{prefix}: {short(record['metrics'])} ({time.perf_counter() - started:.0f} s)")
-        records[job.name] = record
+    done = sum(record is not None for record in earlier.values())
+    with progress(total=len(jobs), desc="sweep", unit="run", initial=done) as bar:
+        for index, job in enumerate(jobs, start=1):
+            prefix = f"[{index}/{len(jobs)}] {job.name}"
+            record = earlier[job.name]
+            if record is not None:
+                with writing():
+                    log(f"{prefix}: finished earlier, skipped")
+            else:
+                with writing():
+                    log(f"{prefix}: running")
+                started = time.perf_counter()
+                record = run_one(list(job.argv))
+                with writing():
+                    log(f"{prefix}: {short(record['metrics'])} ({time.perf_counter() - started:.0f} s)")
+                bar.update(1)
+            records[job.name] = record
     return records
 
 

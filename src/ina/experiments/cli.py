@@ -35,6 +35,13 @@ EXPERIMENT_TEXTS: dict[str, str] = {
 }
 
 
+# What `ina glue` / `ina squad` leave in --output_dir besides the adapter, as their last line says.
+WRITTEN = {
+    "glue": "the adapter with its classifier head, eval_results.json, trainer_state.json and result.json",
+    "squad": "the adapter with its QA head, predictions.json, null_odds.json, eval_results.json and result.json",
+}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the experiment subcommands to the `ina` parser."""
     # allow_abbrev=False: flags pass through to TrainingArguments, so --seed must not be read as --seeds
@@ -67,6 +74,7 @@ def _handler(experiment: str) -> Any:
             print(f"ina {experiment}: error: {one_line(error)}", file=sys.stderr)
             return 2
         print(json.dumps(record["metrics"], indent=2))
+        print(f"wrote {WRITTEN[experiment]} to {record['adapter']}")
         return 0
 
     return handle
@@ -88,6 +96,9 @@ def _sweep(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"ina sweep: error: {one_line(error)}", file=sys.stderr)
         return 2
     print(Path(folder, "results.md").read_text())
+    print(
+        f"wrote results.csv, results.md, results.png and each run's folder (runs/) to {Path(folder).resolve()}"
+    )
     return 0
 
 

@@ -1,9 +1,12 @@
-"""What `ina glue`, `ina squad` and `ina sweep` share: the error type, Trainer defaults, tokenizer and threads."""
+"""What `ina glue`, `ina squad` and `ina sweep` share: the error type, Trainer defaults, tokenizer, threads and
+the output folder's checks."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ina.foundation.errors import UsageError
@@ -73,3 +76,34 @@ def load_tokenizer(model_name_or_path: str, tokenizer_name: str | None = None) -
 
     with errors_as(ExperimentError):
         return load(model_name_or_path, "--model_name_or_path", tokenizer_name=tokenizer_name, fast=True)
+
+
+def claim_output_dir(
+    output_dir: str, training: Any, overwrite: bool, inputs: Mapping[str, str | None]
+) -> tuple[str | bool | None, list[Path]]:
+    """Check ``output_dir`` before any work, as `ina finetune` does; returns (what to resume, what to replace).
+
+    Refused (`ExperimentError`, nothing changed): a folder that is, holds or lies inside one of ``inputs``
+    (flag -> path: the model, the data files) or the checkpoint being resumed; a finished run without
+    ``overwrite`` (``--overwrite_output_dir``); an unfinished one without ``--resume_from_checkpoint`` (a
+    `TrainingArguments` field, read from ``training``) or ``overwrite``. The paths returned (the old run's
+    checkpoints and record) are removed by `replace_previous_run` once the data have been read and checked.
+    """
+    from ina.foundation import harness
+
+    with harness.errors_as(ExperimentError):
+        resume = harness.resume_target(training.resume_from_checkpoint, output_dir)
+        harness.check_output_dir(output_dir, inputs, resume)
+        stale = harness.stale_checkpoints(output_dir, resume, overwrite)
+    if overwrite and not resume and (Path(output_dir) / harness.RESULT_FILE).is_file():
+        stale.append(Path(output_dir) / harness.RESULT_FILE)  # it would describe the new adapter wrongly
+    return resume, stale
+
+
+def replace_previous_run(stale: Sequence[Path]) -> None:
+    """Remove what `claim_output_dir` found of the run being replaced (its checkpoints and record)."""
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

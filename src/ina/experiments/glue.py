@@ -8,6 +8,7 @@ classifier (PEFT's ``modules_to_save`` for ``SEQ_CLS``) and loads back with ``in
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,9 @@ from ina.experiments.common import (
     TRAINER_DEFAULTS,
     ExperimentError,
     adapter_fields,
+    claim_output_dir,
     load_tokenizer,
+    replace_previous_run,
     timing_fields,
     uses_torch_threads,
 )
@@ -71,6 +74,14 @@ def run(arguments: GlueArguments, training_flags: list[str]) -> dict[str, Any]:
         training_flags, output_dir, {**TRAINER_DEFAULTS, **recipe}, command="ina glue"
     )
     tests = test_files(arguments.test_file, reserved=task.validation_splits)
+    files = ("data_dir", "train_file", "validation_file", "validation_mismatched_file")
+    inputs = {
+        "--model_name_or_path": model_name,
+        "--tokenizer_name": arguments.tokenizer_name,
+        **{f"--{name}": getattr(arguments, name) for name in files},
+        **{f"--test_file {name}": path for name, path in tests.items()},
+    }
+    resume, stale = claim_output_dir(output_dir, training, arguments.overwrite_output_dir, inputs)
     tokenizer = load_tokenizer(model_name, arguments.tokenizer_name)
     splits = load_splits(arguments, task, dataset)
     splits["train"], dev = carve_dev(splits["train"], arguments.dev_fraction)
@@ -90,6 +101,7 @@ def run(arguments: GlueArguments, training_flags: list[str]) -> dict[str, Any]:
     periodic = training.eval_strategy != IntervalStrategy.NO or flag_given(training_flags, "eval_steps")
     if periodic and training.eval_strategy == IntervalStrategy.NO:
         training.eval_strategy = IntervalStrategy.STEPS  # --eval_steps N alone means: every N steps
+    replace_previous_run(stale)
     trainer = harness.build_trainer(
         model,
         training,
@@ -99,14 +111,14 @@ def run(arguments: GlueArguments, training_flags: list[str]) -> dict[str, Any]:
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=_trainer_metrics(task) if periodic else None,
     )
-    training_run = harness.train(trainer)
-    results = evaluate(trainer, task, encoded)
+    training_run = harness.train(trainer, resume=resume)
+    results, predicted = evaluate(trainer, task, encoded)
     dev_results = _scores(trainer, task, encoded[DEV_SPLIT]) if dev else {}
     for name in tests:
         results.update({f"{name}/{k}": v for k, v in _scores(trainer, task, encoded[name]).items()})
     state = trainer_state(trainer)
     files = {"eval_results.json": {f"eval_{k}": v for k, v in results.items()}, "trainer_state.json": state}
-    harness.save_adapter(trainer, files=files)
+    checks = harness.save_adapter(trainer, files=files)
     summary = {
         "experiment": "glue",
         "task": task.name,
@@ -114,6 +126,7 @@ def run(arguments: GlueArguments, training_flags: list[str]) -> dict[str, Any]:
         "model": model_name,
         **adapter_fields(arguments, training.seed),
         "metrics": results,
+        "predicted_classes": predicted,
         "dev_metrics": dev_results,
         "learning_rate": training.learning_rate,
         "curve": evaluation_curve(state["log_history"]),
@@ -125,6 +138,8 @@ def run(arguments: GlueArguments, training_flags: list[str]) -> dict[str, Any]:
         "trainable_parameters": trainable,
         "total_parameters": total,
         "torch_threads": torch.get_num_threads(),
+        "adapter": str(Path(output_dir).resolve()),
+        **checks,
     }
     if harness.is_main_process(trainer):
         harness.record(output_dir, summary)
@@ -164,19 +179,36 @@ def _model(arguments: GlueArguments, task: GlueTask, model_name: str, tokenizer:
     return harness.peft_model(base, inhibition_config(arguments, base, "SEQ_CLS"))
 
 
-def evaluate(trainer: Any, task: GlueTask, encoded: dict[str, Any]) -> dict[str, float]:
-    """The task's metrics on each validation split (MNLI's mismatched ones suffixed ``_mismatched``)."""
+def evaluate(
+    trainer: Any, task: GlueTask, encoded: dict[str, Any]
+) -> tuple[dict[str, float], dict[str, int] | None]:
+    """The task's metrics on each validation split (MNLI's mismatched ones suffixed ``_mismatched``), and how
+    often each class was predicted on the first split (None for a regression)."""
     results: dict[str, float] = {}
+    predicted = None
     for split in (s for s in task.validation_splits if s in encoded):
-        scores = _scores(trainer, task, encoded[split])
+        scores, counts = _predict(trainer, task, encoded[split])
         suffix = "_mismatched" if split == "validation_mismatched" else ""
         results.update({f"{name}{suffix}": value for name, value in scores.items()})
-    return results
+        predicted = counts if predicted is None else predicted
+    return results, predicted
 
 
 def _scores(trainer: Any, task: GlueTask, dataset: Any) -> dict[str, float]:
+    return _predict(trainer, task, dataset)[0]
+
+
+def _predict(trainer: Any, task: GlueTask, dataset: Any) -> tuple[dict[str, float], dict[str, int] | None]:
+    """The task's metrics on ``dataset`` and the count of each predicted class (by label name)."""
     prediction = trainer.predict(dataset, metric_key_prefix="eval")
-    return _trainer_metrics(task)(prediction)
+    if task.is_regression:
+        return _trainer_metrics(task)(prediction), None
+    outputs = prediction.predictions
+    logits = np.asarray(outputs[0] if isinstance(outputs, tuple) else outputs)
+    names = list(task.label_names or range(task.num_labels))
+    classes, counts = np.unique(logits.argmax(axis=-1), return_counts=True)
+    counts_by_name = {str(names[c]): int(n) for c, n in zip(classes, counts, strict=True)}
+    return _trainer_metrics(task)(prediction), counts_by_name
 
 
 def _trainer_metrics(task: GlueTask) -> Any:

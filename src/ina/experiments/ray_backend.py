@@ -160,7 +160,15 @@ def run_ray(
     if not pending:
         return records, errors
     total = len(jobs)
-    with _ray(settings.address) as ray:
+    from ina.foundation.progress import progress, writing
+
+    bar = progress(total=total, desc="sweep", unit="run", initial=len(records))
+
+    def note(line: str) -> None:  # a log line that leaves a terminal's bar whole
+        with writing():
+            log(line)
+
+    with bar, _ray(settings.address) as ray:
         task = ray.remote(run_experiment).options(
             **settings.task_options(), max_retries=0, retry_exceptions=False
         )
@@ -174,7 +182,7 @@ def run_ray(
 
         for job in pending:
             submit(job)
-        log(f"ray: {len(pending)} runs submitted, {settings.resources} each")
+        note(f"ray: {len(pending)} runs submitted, {settings.resources} each")
         try:
             while refs:
                 done, _ = ray.wait(list(refs), num_returns=1)
@@ -186,11 +194,12 @@ def run_ray(
                     attempts[job.name] += 1
                     message = _cause(error)
                     if attempts[job.name] <= settings.max_retries:
-                        log(f"{job.name}: failed ({message.splitlines()[0]}); retry {attempts[job.name]}")
+                        note(f"{job.name}: failed ({message.splitlines()[0]}); retry {attempts[job.name]}")
                         submit(job)
                         continue
                     errors[job.name] = message
-                    log(f"{job.name}: FAILED after {attempts[job.name]} attempt(s): {message}")
+                    bar.update(1)
+                    note(f"{job.name}: FAILED after {attempts[job.name]} attempt(s): {message}")
                     if settings.on_failure == "stop":
                         raise ExperimentError(
                             f"run {job.name} failed (its error is above); rerun the same command to "
@@ -200,7 +209,8 @@ def run_ray(
                 if read_result(job.folder) is None:  # the worker's disk is not the driver's
                     write_json(job.folder / RESULT_FILE, record)
                 records[job.name] = record
-                log(f"[{len(records)}/{total}] {job.name}: {short(record['metrics'])} ({seconds:.0f} s)")
+                bar.update(1)
+                note(f"[{len(records)}/{total}] {job.name}: {short(record['metrics'])} ({seconds:.0f} s)")
         except BaseException:
             for ref in refs:
                 with contextlib.suppress(Exception):

@@ -8,6 +8,7 @@ trained and saved with the adapter (PEFT's ``modules_to_save`` for ``QUESTION_AN
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,9 @@ from ina.experiments.common import (
     TRAINER_DEFAULTS,
     ExperimentError,
     adapter_fields,
+    claim_output_dir,
     load_tokenizer,
+    replace_previous_run,
     timing_fields,
     uses_torch_threads,
 )
@@ -53,14 +56,8 @@ def run(arguments: SquadArguments, training_flags: list[str]) -> dict[str, Any]:
             "--eval_steps / --eval_strategy (`ina glue` records validation curves)"
         )
     tests = test_files(arguments.test_file, reserved=("validation",))
-    train_examples, validation, source = load_examples(arguments)
-    train_examples, dev = carve_dev(train_examples, arguments.dev_fraction)
-    extra = {DEV_SPLIT: dev} if dev else {}
-    extra.update({name: read_squad(path) for name, path in tests.items()})
-    version_2 = arguments.version_2_with_negative or source == "synthetic"
-    demo = source == "synthetic" and not arguments.model_name_or_path
-    model_name = resolve_base_model(arguments.model_name_or_path or "minilm")
     output_dir = arguments.output_dir or f"outputs/squad-inhibition{arguments.inhibition:g}"
+    demo = not arguments.train_file and not arguments.model_name_or_path  # the synthetic set on MiniLM
     recipe = {
         **(DEMO_TRAINER if demo else {"num_train_epochs": SQUAD_EPOCHS}),
         "label_names": ["start_positions", "end_positions"],
@@ -68,6 +65,20 @@ def run(arguments: SquadArguments, training_flags: list[str]) -> dict[str, Any]:
     training = harness.training_arguments(
         training_flags, output_dir, {**TRAINER_DEFAULTS, **recipe}, command="ina squad"
     )
+    model_name = resolve_base_model(arguments.model_name_or_path or "minilm")
+    inputs = {
+        "--model_name_or_path": model_name,
+        "--tokenizer_name": arguments.tokenizer_name,
+        "--train_file": arguments.train_file,
+        "--validation_file": arguments.validation_file,
+        **{f"--test_file {name}": path for name, path in tests.items()},
+    }
+    resume, stale = claim_output_dir(output_dir, training, arguments.overwrite_output_dir, inputs)
+    train_examples, validation, source = load_examples(arguments)
+    train_examples, dev = carve_dev(train_examples, arguments.dev_fraction)
+    extra = {DEV_SPLIT: dev} if dev else {}
+    extra.update({name: read_squad(path) for name, path in tests.items()})
+    version_2 = arguments.version_2_with_negative or source == "synthetic"
     tokenizer = load_tokenizer(model_name, arguments.tokenizer_name)
 
     from transformers import AutoConfig, AutoModelForQuestionAnswering, DataCollatorWithPadding, set_seed
@@ -84,10 +95,11 @@ def run(arguments: SquadArguments, training_flags: list[str]) -> dict[str, Any]:
     train_dataset, eval_dataset, eval_features = datasets(
         train_examples, validation, tokenizer, arguments.max_seq_length, arguments.doc_stride
     )
+    replace_previous_run(stale)
     trainer = harness.build_trainer(
         model, training, train_dataset, tokenizer=tokenizer, data_collator=DataCollatorWithPadding(tokenizer)
     )
-    training_run = harness.train(trainer)
+    training_run = harness.train(trainer, resume=resume)
 
     predictions, null_differences, results = _score(
         trainer, validation, eval_dataset, eval_features, arguments, version_2
@@ -101,7 +113,7 @@ def run(arguments: SquadArguments, training_flags: list[str]) -> dict[str, Any]:
         "null_odds.json": null_differences,
         "eval_results.json": {f"eval_{k}": v for k, v in results.items()},
     }
-    harness.save_adapter(trainer, files=files)
+    checks = harness.save_adapter(trainer, files=files)
     summary = {
         "experiment": "squad",
         "task": "squad_v2" if version_2 else "squad",
@@ -121,6 +133,8 @@ def run(arguments: SquadArguments, training_flags: list[str]) -> dict[str, Any]:
         "epochs": training.num_train_epochs,
         "trainable_parameters": trainable,
         "total_parameters": total,
+        "adapter": str(Path(output_dir).resolve()),
+        **checks,
     }
     if harness.is_main_process(trainer):
         harness.record(output_dir, summary)

@@ -21,10 +21,31 @@ from ina.experiments.sweep_report import write_summaries
 from ina.foundation.arguments import flag_given
 from ina.foundation.files import read_json, write_json
 
-__all__ = ["GRID_FLAGS", "RunSpec", "check_same_command", "grid", "jobs", "read_result", "run_sweep"]
+__all__ = [
+    "GRID_FLAGS",
+    "PERFORMANCE_FLAGS",
+    "RunSpec",
+    "check_same_command",
+    "experiment_flags",
+    "grid",
+    "jobs",
+    "read_result",
+    "run_sweep",
+]
 
 # Flags the sweep sets per run; passing them through as single values would fight the grid.
 GRID_FLAGS = ("inhibition", "activation", "lora_r", "seed", "output_dir", "dev_fraction")
+# Flags that change how fast a run goes or what it prints, not what it computes: not part of the sweep's
+# identity, so a sweep may be resumed with other values (e.g. more --torch_threads on a quieter machine).
+PERFORMANCE_FLAGS = (
+    "torch_threads",
+    "disable_tqdm",
+    "dataloader_num_workers",
+    "dataloader_pin_memory",
+    "dataloader_persistent_workers",
+    "dataloader_prefetch_factor",
+    "overwrite_output_dir",
+)
 
 
 @dataclass(frozen=True)
@@ -43,11 +64,13 @@ class RunSpec:
         return f"inhibition{self.inhibition:g}-{self.activation}-r{self.r}{rate}-seed{self.seed}"
 
     def flags(self, folder: Path) -> list[str]:
-        """The experiment flags that make this run, writing into ``folder``."""
+        """The experiment flags that make this run, writing into ``folder`` (which holds no finished run:
+        whatever an interrupted attempt left there is replaced)."""
         rate = [] if self.learning_rate is None else ["--learning_rate", f"{self.learning_rate:g}"]
         return [
             *("--inhibition", f"{self.inhibition:g}", "--activation", self.activation),
             *("--lora_r", str(self.r), *rate, "--seed", str(self.seed), "--output_dir", str(folder)),
+            "--overwrite_output_dir",
         ]
 
 
@@ -193,13 +216,32 @@ def check_same_command(root: Path, experiment: str, extra: list[str]) -> None:
     path = root / "sweep.json"
     if path.is_file():
         previous = read_json(path)
-        if previous != command:
+        before, now = experiment_flags(previous["flags"]), experiment_flags(extra)
+        if (previous["experiment"], before) != (experiment, now):
             raise ExperimentError(
-                f"--output_dir {str(root)!r} holds a sweep of `{previous['experiment']} {' '.join(previous['flags'])}`, "
-                f"not `{experiment} {' '.join(extra)}`; pass a new --output_dir (or the same flags to resume)"
+                f"--output_dir {str(root)!r} holds a sweep of `{previous['experiment']} {' '.join(before)}`, "
+                f"not `{experiment} {' '.join(now)}`; pass a new --output_dir (or the same flags to resume; "
+                f"{', '.join('--' + f for f in PERFORMANCE_FLAGS[:2])} and other speed settings may differ)"
             )
     else:
         write_json(path, command)
+
+
+def experiment_flags(argv: list[str]) -> list[str]:
+    """``argv`` without the `PERFORMANCE_FLAGS` (``--flag value``, ``--flag=value`` or a bare boolean ``--flag``)."""
+    kept: list[str] = []
+    skip_value = False
+    for token in argv:
+        if skip_value:
+            skip_value = False
+            if not token.startswith("--"):
+                continue
+        name = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
+        if name in PERFORMANCE_FLAGS:
+            skip_value = "=" not in token
+            continue
+        kept.append(token)
+    return kept
 
 
 def _pairs(argv: list[str]) -> list[tuple[str, str]]:

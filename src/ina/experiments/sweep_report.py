@@ -177,6 +177,32 @@ def verdict(metric_names: list[str], rows: list[dict[str, Any]]) -> str:
     return text + f" It leads {versus} by {gap:.2f} points, more than one standard deviation ({spread:.2f})."
 
 
+def one_class_warning(records: Sequence[dict[str, Any]]) -> str:
+    """A warning when runs predicted one class for every validation example (``predicted_classes`` in their
+    record, from `ina glue`): their score is the majority-class rate, and they learnt nothing; "" otherwise."""
+    single = [r for r in records if len(r.get("predicted_classes") or {}) == 1]
+    if not single:
+        return ""
+    fix = "train longer or at a higher --learning_rate (see docs/experiments.md on ρ = 0.9)"
+    classes = sorted({next(iter(r["predicted_classes"])) for r in single})
+    if len(single) == len(records):
+        return (
+            f"**Warning: every run of this sweep ({len(records)}) predicts one class ({', '.join(classes)}) for every "
+            f"validation example**: the scores below are the majority-class rate and compare nothing; {fix}."
+        )
+    groups: dict[str, list[str]] = {}
+    for record in single:
+        config = {"inhibition": record["inhibition"], "activation": record["activation"], "r": record["r"]}
+        rate = record.get("learning_rate")
+        name = _config_label({**config, "learning_rate": rate})
+        groups.setdefault(name, []).append(f"seed {record.get('seed')}")
+    listed = "; ".join(f"{name}: {', '.join(seeds)}" for name, seeds in groups.items())
+    return (
+        f"**Warning: {len(single)} of {len(records)} runs predict one class ({', '.join(classes)}) for every "
+        f"validation example** ({listed}): their scores are the majority-class rate; {fix}."
+    )
+
+
 def write_summaries(
     root: Path, records: Sequence[dict[str, Any]], experiment: str, select_on: str = "none"
 ) -> None:
@@ -196,8 +222,11 @@ def write_summaries(
             f" Each configuration uses the learning rate with the best mean dev {metric} (dev: held out of "
             "the training data); the scores are on the validation set, which played no part in the choice."
         )
+    warning = one_class_warning(records)
     text = (
-        f"# {experiment} sweep: {task}\n\n{intro}\n\n"
+        f"# {experiment} sweep: {task}\n\n"
+        + (f"{warning}\n\n" if warning else "")
+        + f"{intro}\n\n"
         + markdown_table(metric_names, rows, "lr (chosen on dev)" if choices else "lr")
         + "\n"
         + verdict(metric_names, rows)

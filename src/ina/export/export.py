@@ -79,10 +79,12 @@ def _fit(
             "maps": [(layer.A, layer.B * layer.scaling) for layer in layers],
             "rows": [{"name": layer.name, "in": layer.shape[0], "out": layer.shape[1]} for layer in layers],
         }
+    from ina.foundation.progress import progress
+
     capture = MomentCapture(layers)
     device = next(model.parameters()).device
     with torch.no_grad(), variant(model, INA), capture.attached():
-        for batch in batches:
+        for batch in progress(batches, desc="fitting (reading the adapted layers)", unit="batch"):
             capture.rows = batch["attention_mask"].reshape(-1).bool()
             inputs = {
                 "input_ids": batch["input_ids"].to(device),
@@ -147,6 +149,7 @@ def export_lora(options: ExportOptions, log: Callable[[str], Any] = lambda _: No
     )
     from ina.foundation.files import write_json
     from ina.foundation.models import load_with_adapters, torch_threads
+    from ina.foundation.progress import progress
 
     options.check()
     started = time.time()
@@ -208,9 +211,13 @@ def export_lora(options: ExportOptions, log: Callable[[str], Any] = lambda _: No
             model = load_adapter(model, staging, adapter_name=EXPORT)
             errors = ErrorCapture(layers, fit["maps"])
             heldout = calib.batches(data.heldout, max(1, options.batch_size // 2), pad)
-            next_token = fidelity.compare_next_tokens(model, heldout, errors.attached)
+            measuring = progress(heldout, desc="measuring (InA, export, base)", unit="batch")
+            next_token = fidelity.compare_next_tokens(model, measuring, errors.attached)
             rows = []
             if options.prompts:
+                log(
+                    f"answering {min(options.prompts, len(data.heldout))} held-out prompts with InA and the export"
+                )
                 rows = fidelity.side_by_side(
                     model, tokenizer, template, data.heldout[: options.prompts], options.max_new_tokens
                 )

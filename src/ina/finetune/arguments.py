@@ -109,7 +109,12 @@ class FinetuneArguments(AdapterArguments):
     )
     # reporting
     show_examples: int = option(
-        3, "held-out prompts answered by the base and the fine-tuned model at the end"
+        3, "held-out prompts whose base and fine-tuned answers are printed at the end"
+    )
+    record_examples: int = option(
+        16,
+        "held-out prompts answered by the base and the fine-tuned model at the end and recorded in "
+        "training_summary.json (-1: every held-out example; each costs two generations)",
     )
     example_max_new_tokens: int = option(48, "tokens generated per example answer")
     eval: bool = option(
@@ -125,6 +130,12 @@ class FinetuneArguments(AdapterArguments):
             raise FinetuneError("invalid options:\n" + "\n".join(f"  - {p}" for p in problems))
         # one spelling from here on: the comma list the adapter builder reads
         self.lora_target_modules = ",".join(self.target_modules())
+
+    def answered_examples(self) -> int:
+        """How many held-out prompts are answered at the end (-1: all): enough to print and to record."""
+        if self.record_examples < 0:
+            return -1
+        return max(self.show_examples, self.record_examples)
 
     def target_modules(self) -> list[str]:
         """``lora_target_modules`` parsed from a JSON list or a comma list."""
@@ -174,6 +185,12 @@ class FinetuneArguments(AdapterArguments):
             problems.append(f"--dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if self.max_records < 0:
             problems.append(f"--max_records must be ≥ 0; got {self.max_records}")
+        if self.show_examples < 0:
+            problems.append(f"--show_examples must be ≥ 0; got {self.show_examples}")
+        if self.record_examples < -1:
+            problems.append(
+                f"--record_examples must be ≥ 0, or -1 for every held-out example; got {self.record_examples}"
+            )
         if self.eval_limit < 0:
             problems.append(f"--eval_limit must be ≥ 0 (0: every example); got {self.eval_limit}")
         try:

@@ -18,16 +18,32 @@ def heldout_prompt(conversation: Conversation) -> tuple[str, str]:
 
 
 def heldout_answers(
-    model: Any, tokenizer: Any, template: PromptTemplate, heldout: list[Conversation], max_new_tokens: int
+    model: Any,
+    tokenizer: Any,
+    template: PromptTemplate,
+    heldout: list[Conversation],
+    max_new_tokens: int,
+    batch_size: int = 8,
 ) -> list[dict[str, Any]]:
     """Each held-out record's reference and the answers of the base (adapter off) and the fine-tuned model."""
     from ina.finetune.generate import generate_answers
+    from ina.foundation.progress import progress
 
     prompts = [heldout_prompt(c) for c in heldout]
     model.eval()  # no dropout while answering
-    with model.disable_adapter():
-        base = generate_answers(model, tokenizer, template, prompts, max_new_tokens)
-    tuned = generate_answers(model, tokenizer, template, prompts, max_new_tokens)
+    answers: dict[str, list[str]] = {"base": [], "finetuned": []}
+    with progress(total=2 * len(prompts), desc="answering held-out prompts", unit="answer") as bar:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            with model.disable_adapter():
+                answers["base"] += generate_answers(
+                    model, tokenizer, template, chunk, max_new_tokens, batch_size
+                )
+            bar.update(len(chunk))
+            answers["finetuned"] += generate_answers(
+                model, tokenizer, template, chunk, max_new_tokens, batch_size
+            )
+            bar.update(len(chunk))
     return [
         {
             "location": conversation.location,
@@ -38,7 +54,7 @@ def heldout_answers(
             "finetuned": tuned_answer,
         }
         for conversation, (instruction, input_text), base_answer, tuned_answer in zip(
-            heldout, prompts, base, tuned, strict=True
+            heldout, prompts, answers["base"], answers["finetuned"], strict=True
         )
     ]
 
@@ -55,10 +71,11 @@ def plot_losses(log_history: list[dict[str, Any]], val_before: float | None, pat
     return loss_curves([run], path, title="InA fine-tuning", baseline=val_before)
 
 
-def format_report(summary: dict[str, Any]) -> str:
-    """The end-of-run report: held-out answers before/after and the validation losses."""
+def format_report(summary: dict[str, Any], shown: int = 3) -> str:
+    """The end-of-run report: the first ``shown`` held-out answers before/after, the validation losses,
+    and where the run wrote its files."""
     lines: list[str] = []
-    for index, example in enumerate(summary["examples"], start=1):
+    for index, example in enumerate(summary["examples"][:shown], start=1):
         lines += [
             f"\n=== held-out prompt {index} ({example['location']})",
             f"instruction: {example['instruction']}",
@@ -75,7 +92,10 @@ def format_report(summary: dict[str, Any]) -> str:
     if before is not None and after is not None:
         change = (after - before) / before * 100 if before else math.nan
         lines.append(f"validation loss: base {before:.4f} → fine-tuned {after:.4f} ({change:+.1f}%)")
+    recorded = len(summary["examples"])
+    answers = f" (with {recorded} held-out answers, base and fine-tuned)" if recorded else ""
     lines.append(
-        f"adapter: {summary['adapter']} (step {summary['global_step']}, template {summary['prompt_template']!r})"
+        f"wrote the adapter (step {summary['global_step']}, template {summary['prompt_template']!r}), "
+        f"training_summary.json{answers} and loss_curve.png to {summary['adapter']}"
     )
     return "\n".join(lines)

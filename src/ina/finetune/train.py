@@ -111,6 +111,18 @@ def add_adapter(model: Any, finetune: FinetuneArguments) -> Any:
     return harness.peft_model(model, inhibition_config(finetune, model, "CAUSAL_LM"))
 
 
+def _inputs(options: FinetuneArguments) -> dict[str, str | None]:
+    """What the run reads, by flag (the embedded defaults' folders when a flag is empty)."""
+    from ina.embedded import instruct_data, smollm
+
+    return {
+        "--base_model": options.base_model or str(smollm.model_dir()),
+        "--data_path": options.data_path or str(instruct_data.data_dir()),
+        "--config": options.config,
+        "--prompt_template_name": name if (name := options.prompt_template_name).endswith(".json") else None,
+    }
+
+
 def finetune(
     finetune_args: FinetuneArguments,
     training_tokens: list[str] | None = None,
@@ -139,8 +151,10 @@ def _finetune(
     say = log if main else (lambda *_: None)
     quantization_config(options)  # no GPU or no bitsandbytes: say so before anything else
     resume = harness.resume_target(options.resume_from_checkpoint, args.output_dir)
-    # another run's folder is refused (nothing touched) unless resumed or --overwrite_output_dir is given
+    # never into the inputs; another run's folder is refused (nothing touched) unless resumed or
+    # --overwrite_output_dir is given
     try:
+        harness.check_output_dir(args.output_dir, _inputs(options), resume)
         stale = harness.stale_checkpoints(args.output_dir, resume, options.overwrite_output_dir)
     except harness.TrainingError as error:  # said once, by the first process
         raise FinetuneError(launch.stop_quietly(str(error))) from None
@@ -204,9 +218,10 @@ def _finetune(
     }
     checks = harness.save_adapter(trainer, files={PROMPT_FILE: prompt_file})
     examples = []
-    if main and options.show_examples and not harness.is_sharded(trainer) and data.heldout:
+    answered = options.answered_examples()
+    if main and answered and not harness.is_sharded(trainer) and data.heldout:
         model = trainer.accelerator.unwrap_model(trainer.model)
-        heldout = data.heldout[: options.show_examples]
+        heldout = data.heldout[: answered if answered > 0 else None]
         examples = heldout_answers(model, tokenizer, data.template, heldout, options.example_max_new_tokens)
     summary = {
         "base_model": base_name,
@@ -242,7 +257,7 @@ def _finetune(
         out = Path(args.output_dir)
         harness.record(out, summary, SUMMARY_FILE)
         plot_losses(trainer.state.log_history, val_before, out / CURVE_FILE)
-        say(format_report(summary))
+        say(format_report(summary, options.show_examples))
     trainer.accelerator.wait_for_everyone()
     if main and options.eval:
         # `ina eval` in a process of its own (rooms do not import rooms), GPU memory freed

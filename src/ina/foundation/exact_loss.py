@@ -4,11 +4,18 @@ The Trainer's own eval loss is a mean of per-batch losses, and under N processes
 averages tokens across the N batches of a step, so 1 and 2 processes give different numbers on the same
 examples. `exact_loss_trainer` sums each example's token losses and token counts, gathers them without the
 examples the distributed sampler repeats, and divides once: the token mean over the whole eval set.
+
+It also gives the files it saves (adapters, checkpoints) the permissions a plain ``open`` gives: PEFT
+writes ``adapter_model.safetensors`` through safetensors, whose temporary file is created with mode 0600.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
+
+from ina.foundation.files import current_umask
 
 _TRAINER: list[type] = []
 
@@ -22,6 +29,11 @@ def exact_loss_trainer() -> type:
 
     class ExactLossTrainer(Trainer):
         _totals: list[float] | None = None
+
+        def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+            super()._save(output_dir, state_dict=state_dict)
+            if self.args.should_save:  # the process that wrote the files
+                usual_modes(output_dir if output_dir is not None else self.args.output_dir)
 
         def evaluation_loop(self, dataloader: Any, description: str, *args: Any, **kwargs: Any) -> Any:
             self._totals = [0.0, 0.0]
@@ -67,3 +79,11 @@ def exact_loss_trainer() -> type:
 
     _TRAINER.append(ExactLossTrainer)
     return ExactLossTrainer
+
+
+def usual_modes(folder: str | os.PathLike[str]) -> None:
+    """Give the files in ``folder`` the mode a plain ``open`` gives new files: ``0o666`` less the umask."""
+    mode = 0o666 & ~current_umask()
+    for item in Path(folder).iterdir():
+        if item.is_file() and not item.is_symlink():
+            os.chmod(item, mode)

@@ -33,8 +33,13 @@ from typing import Any
 
 from ina.foundation.errors import UsageError
 from ina.foundation.exact_loss import exact_loss_trainer
-from ina.foundation.files import PathLike, write_json
-from ina.foundation.trainer_arguments import check_deepspeed_config, training_arguments
+from ina.foundation.files import PathLike, output_problem, overlap_problem, write_json
+from ina.foundation.trainer_arguments import (
+    check_deepspeed_config,
+    learning_rate_check,
+    quiet_accelerator_detection,
+    training_arguments,
+)
 
 __all__ = [
     "RESULT_FILE",
@@ -42,6 +47,7 @@ __all__ = [
     "TrainingRun",
     "build_trainer",
     "check_deepspeed_config",
+    "check_output_dir",
     "errors_as",
     "is_main_process",
     "is_sharded",
@@ -114,18 +120,26 @@ def build_trainer(
 
     if eval_dataset is None:
         arguments.eval_strategy = IntervalStrategy.NO
+    from transformers.trainer_callback import ProgressCallback
+
+    from ina.foundation.progress import trainer_progress
+
     if getattr(arguments, "activation_checkpointing", False):
         model.enable_input_require_grads()
-    return exact_loss_trainer()(
-        model=model,
-        args=arguments,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=data_collator,
-        processing_class=tokenizer,
-        compute_metrics=compute_metrics,
-        callbacks=callbacks,
-    )
+    with quiet_accelerator_detection():
+        trainer = exact_loss_trainer()(
+            model=model,
+            args=arguments,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=data_collator,
+            processing_class=tokenizer,
+            compute_metrics=compute_metrics,
+            callbacks=[*(callbacks or []), learning_rate_check()],
+        )
+    if type(trainer.pop_callback(ProgressCallback)) is ProgressCallback:  # a notebook's bar is kept
+        trainer.add_callback(trainer_progress())  # a bar on a terminal, periodic lines in a log file
+    return trainer
 
 
 @dataclass
@@ -202,6 +216,24 @@ def stale_checkpoints(output_dir: PathLike, resume: str | bool | None, overwrite
             "--overwrite_output_dir to start afresh, or choose a new --output_dir"
         )
     return []
+
+
+def check_output_dir(
+    output_dir: PathLike, inputs: Mapping[str, PathLike | None], resume: str | bool | None = None
+) -> None:
+    """Refuse, before any work, an ``output_dir`` that is, holds or lies inside one of ``inputs`` (flag -> path
+    of the base model, the data files: whatever exists locally), or that is or lies inside the checkpoint
+    being resumed (``resume``; the usual ``--output_dir`` holding its own checkpoints is fine), or lies
+    under a file. Raises `TrainingError` naming the flags; nothing was changed."""
+    local = {flag: path for flag, path in inputs.items() if path and Path(path).exists()}
+    problem = overlap_problem(output_dir, "--output_dir", local)
+    if not problem and isinstance(resume, str | os.PathLike):
+        target, checkpoint = Path(output_dir).resolve(), Path(resume).resolve()
+        if checkpoint == target or checkpoint in target.parents:
+            problem = overlap_problem(output_dir, "--output_dir", {"--resume_from_checkpoint": resume})
+    problem = problem or output_problem(output_dir, "--output_dir", folder=True)
+    if problem:
+        raise TrainingError(f"{problem}; nothing was changed")
 
 
 def _step_of(name: str) -> int:
