@@ -293,3 +293,46 @@ def test_import_ina_registers_with_peft_before_peft_is_imported() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["InAConfig", "InAConfig"]
+
+
+def test_python_m_ina_help_imports_no_framework() -> None:
+    """`python -m ina --help` (torchrun's way in: `torchrun -m ina finetune ...`) answers as `ina --help` does."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ina", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: ina")
+    imported = {
+        line.rsplit("|", 1)[-1].strip().split(".")[0]
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert not imported & set(FRAMEWORKS), sorted(imported & set(FRAMEWORKS))
+
+
+@pytest.mark.parametrize(
+    ("orig_argv", "argv0", "module"),
+    [
+        (["python", "-m", "ina", "--help"], "-m", "ina"),
+        (["python", "-u", "-m", "ina", "finetune"], "-m", "ina"),  # what torchrun starts
+        (["python", "-um", "ina"], "-m", "ina"),
+        (["python", "-X", "importtime", "-W", "error", "-mina.__main__"], "-m", "ina.__main__"),
+        (["python", "-m", "mypackage", "ina"], "-m", "mypackage"),  # a package of the user's that imports ina
+        (["python", "-c", "import ina", "-m", "ina"], "-c", None),
+        (["python", "script.py", "-m", "ina"], "script.py", None),
+        (["python", "-m", "ina"], "/path/to/ina/__main__.py", None),  # after the search: registered as usual
+    ],
+)
+def test_only_python_m_ina_defers_the_core(
+    orig_argv: list[str], argv0: str, module: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`import ina` registers InA with PEFT at once except while Python locates `python -m ina`'s __main__
+    (sys.argv[0] is "-m" only then)."""
+    import ina
+
+    monkeypatch.setattr(sys, "orig_argv", orig_argv)
+    monkeypatch.setattr(sys, "argv", [argv0])
+    assert ina._main_module() == module

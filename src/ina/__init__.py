@@ -6,8 +6,9 @@
     model = get_peft_model(model, InAConfig(r=8, target_modules=["q_proj", "v_proj"], inhibition=0.3))
 
 Importing ``ina`` registers ``peft_type: "INA"`` with PEFT, so ``PeftModel.from_pretrained`` and
-``AutoPeftModelFor...`` load InA adapters. (The ``ina`` console script defers that registration,
-and with it torch, until a command runs: see ``ina_cli``.)
+``AutoPeftModelFor...`` load InA adapters. (The command line, the ``ina`` console script and
+``python -m ina`` alike, defers that registration, and with it torch, until a command runs: see
+``ina_cli``.)
 """
 
 from __future__ import annotations
@@ -72,5 +73,35 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-if not getattr(sys.modules.get("ina_cli"), "DEFER_FRAMEWORK_IMPORTS", False):
+def _main_module() -> str | None:
+    """The module ``python -m MODULE`` is about to run, while Python imports its packages; else None.
+
+    Python sets ``sys.argv[0]`` to ``"-m"`` only during that search; ``sys.orig_argv`` names the module.
+    """
+    if sys.argv[:1] != ["-m"]:
+        return None
+    tokens = iter(sys.orig_argv[1:])
+    for token in tokens:
+        if token == "--check-hash-based-pycs":
+            next(tokens, None)
+        elif token.startswith("--"):
+            continue
+        elif not token.startswith("-") or token == "-":
+            return None  # a script or stdin, not a module
+        else:  # one or more one-letter options (e.g. -u, -um); -c, -m, -W and -X take the rest as a value
+            for index, letter in enumerate(token[1:], start=2):
+                if letter in "cmWX":
+                    value = token[index:] or next(tokens, "")
+                    if letter in "cm":
+                        return value if letter == "m" else None
+                    break
+    return None
+
+
+# `python -m ina` (what torchrun runs) is the command line, like the `ina` script: parse first.
+_COMMAND_LINE = getattr(sys.modules.get("ina_cli"), "DEFER_FRAMEWORK_IMPORTS", False) or _main_module() in (
+    "ina",
+    "ina.__main__",
+)
+if not _COMMAND_LINE:
     importlib.import_module("ina.core")  # registers InA with PEFT

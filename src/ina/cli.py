@@ -123,15 +123,12 @@ def _register_adapter_files(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _adapter_folder(value: str, name: str) -> Path:
-    """``value`` as an existing folder, or a `UsageError` naming the parameter ``name``."""
-    path = Path(value)
-    if not path.exists():
-        raise UsageError(
-            f"{name} {value!r}: no such folder; give the folder holding adapter_config.json and its weights"
-        )
-    if not path.is_dir():
-        raise UsageError(f"{name} {value!r} is a file, not a folder; give the adapter folder that holds it")
-    return path
+    """``value`` as an adapter folder, or a `UsageError` naming the parameter ``name`` (as `--adapter` errors do)."""
+    from ina.foundation.adapters import adapter_folder_problem
+
+    if problem := adapter_folder_problem(value):
+        raise UsageError(f"{name} {value!r}: {problem}")
+    return Path(value)
 
 
 def _checked(path: Path, name: str) -> Any:

@@ -116,7 +116,7 @@ def test_ina_eval_runs_offline_tasks_on_the_tiny_model_with_an_adapter(
     assert bits[0] != pytest.approx(bits[1]), "the adapter did not change the model's scores"
     assert bits[2] == pytest.approx(bits[0], abs=1e-6)  # LoRA's B starts at zero
     table = (out / "eval_results.md").read_text(encoding="utf-8")
-    assert "| ina_instructions | bits_per_byte ↓ |" in table and "ina90" in table
+    assert "| ina_instructions | bits per byte ↓ |" in table and "ina90" in table  # the README's names
     assert table.splitlines()[-1] in printed
 
 
@@ -134,7 +134,7 @@ def test_offline_a_task_that_is_not_inas_is_not_available(name: str, tmp_path, c
     [
         (["--limit", "0"], "--limit must be > 0"),
         (["--tasks", " , "], "--tasks names no task"),
-        (["--adapter", "x=/no/such/adapter"], "has no adapter_config.json"),
+        (["--adapter", "x=/no/such/adapter"], "no such folder"),
         (["--include_path", "/no/such/folder"], "--include_path '/no/such/folder' is not a folder"),
         (["--tasks", "missing.yaml"], "no such task YAML file"),
     ],

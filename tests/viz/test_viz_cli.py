@@ -128,9 +128,9 @@ def test_curves_reads_runs_and_their_last_checkpoint(tmp_path, capsys):
     [
         (["--layers", "5"], "layer 5 is out of range: this model has 2 layers"),
         (["--layers", "1,x"], "--layers must be comma-separated integers"),
-        (["--adapter", "nowhere=/no/such/folder"], "has no adapter_config.json"),
+        (["--adapter", "nowhere=/no/such/folder"], "no such folder"),
         (["--adapter", "lora=/no/such/folder"], "part of PEFT's parameter prefix 'lora_'"),
-        (["--adapter", "rho0.3=/no/such/folder"], "--adapter NAME must use letters, digits"),
+        (["--adapter", "rho0.3=/no/such/folder"], "NAME must use letters, digits"),
     ],
 )
 def test_attention_input_errors(saved, tmp_path, capsys, extra, message):

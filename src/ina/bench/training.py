@@ -22,8 +22,8 @@ import torch
 from ina.bench.models import describe_device
 from ina.bench.report import Spread, VariantResult, make_report
 from ina.bench.settings import VARIANTS, BenchSettings
-from ina.bench.variants import Bench
-from ina.foundation.models import resolve_device, torch_threads
+from ina.bench.variants import RECOMPILE_LIMIT, Bench
+from ina.foundation.models import recompile_limit, resolve_device, torch_threads
 
 
 def _rotated(names: list[str], round_index: int) -> list[str]:
@@ -34,13 +34,14 @@ def _rotated(names: list[str], round_index: int) -> list[str]:
 def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Run the benchmark and return its report (settings, environment, per-variant results, ratios).
 
-    Sets torch's CPU threads for the run (see ``BenchSettings.threads``) and restores them afterwards.
+    Sets torch's CPU threads for the run (see ``BenchSettings.threads``), and with ``compile`` dynamo's
+    recompilation limit, and restores both afterwards.
     """
     settings.validate()  # again: the fields may have changed since construction
     threads = settings.threads
     if threads is None and resolve_device(settings.device).type == "cpu":
         threads = 1  # see BenchSettings.threads
-    with torch_threads(threads):
+    with torch_threads(threads), recompile_limit(RECOMPILE_LIMIT if settings.compile else None):
         return _run(settings, log)
 
 

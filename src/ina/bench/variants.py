@@ -19,10 +19,14 @@ import torch
 from torch import nn
 
 from ina.bench.models import adapter_config, build_model
-from ina.bench.settings import PRESET_BATCH, BenchSettings
+from ina.bench.settings import BenchSettings
 from ina.core import gathered
 from ina.foundation.harness import peft_model
 from ina.foundation.models import resolve_device, resolve_dtype
+
+#: Recompilations a compiled bench needs: switching variants changes the guards each time; at dynamo's
+#: default (8) the model would fall back to eager part-way through the run.
+RECOMPILE_LIMIT = 16
 
 
 class Bench:
@@ -50,10 +54,7 @@ class Bench:
         self.model = self.peft_model.get_base_model()
         self.adapted = self._adapted_layers()
         self.compiled: nn.Module | None = None
-        if settings.compile:
-            import torch._dynamo as dynamo
-
-            dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 16)
+        if settings.compile:  # run under `recompile_limit(RECOMPILE_LIMIT)` (run_bench does)
             self.compiled = torch.compile(self.model)
         self.optimizers: dict[str, torch.optim.Optimizer | None] = {}
         self.prepared: gathered.PreparedAdapters | None = None
@@ -63,8 +64,7 @@ class Bench:
         self.input_ids = torch.randint(3, vocab, (batch, seq), generator=generator).to(self.device)
 
     def batch_shape(self) -> tuple[int, int]:
-        default = PRESET_BATCH.get(self.settings.preset or "", (1, 512))
-        return (self.settings.batch or default[0], self.settings.seq or default[1])
+        return self.settings.batch_shape()
 
     def _adapted_layers(self) -> list[tuple[nn.Module, str, nn.Module]]:
         from peft.tuners.lora import LoraLayer

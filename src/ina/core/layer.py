@@ -151,14 +151,24 @@ def attach_gate(layer: LoraLayer, adapter_name: str, gate: InhibitionGate) -> No
 
 
 def open_embedding_gate(layer: LoraLayer, adapter_name: str) -> None:
-    """Initialise a gated embedding adapter with A random (N(0, 1)) and B zero: ΔW = 0 with the gate open.
+    """Initialise a gated embedding adapter with B zero (ΔW = 0) and every token's gate open, LoRA-sized.
 
-    PEFT starts embeddings the other way round (A = 0, B random). Under the gate, h = 0 sits in
+    PEFT starts embeddings the other way round (A = 0, B ~ N(0, 1)). Under the gate, h = 0 sits in
     leaky_relu's negative branch, so A's gradient would be scaled by the slope (0.01): the adapter would
-    barely learn at first. With A random, ``h − ρ·max_r h`` is positive for some units of every token
-    and B's first gradient is of LoRA's order; A follows from the second step.
+    barely learn. Here each token's row ``a`` of A (``r`` values) is drawn from N(0, 1), negated if its
+    largest value is negative (so at least that unit passes the gate), and scaled so that the gate's output
+    ``f(a − ρ·max_r a)`` has squared norm ``r``, the squared norm of a row of PEFT's random B. B's first step
+    then moves each token's output as much as LoRA's first step on A does, from any draw and any ρ (exact
+    for leaky_relu and identity, which commute with positive scaling; close for gelu).
     """
-    nn.init.normal_(layer.lora_embedding_A[adapter_name])
+    gate = layer.ina_gate[adapter_name]
+    table = layer.lora_embedding_A[adapter_name]  # (r, num_embeddings)
+    with torch.no_grad():
+        rows = torch.randn(table.shape[::-1], device=table.device)  # (num_embeddings, r)
+        rows = torch.where(rows.amax(dim=-1, keepdim=True) < 0, -rows, rows)
+        norms = torch.linalg.vector_norm(gate(rows), dim=-1, keepdim=True)  # (num_embeddings, 1)
+        rows = rows * (rows.shape[-1] ** 0.5 / norms.clamp_min(torch.finfo(rows.dtype).tiny))
+        table.copy_(rows.T)
     nn.init.zeros_(layer.lora_embedding_B[adapter_name])
 
 

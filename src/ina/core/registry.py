@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import PeftType
 
@@ -67,6 +68,28 @@ def register() -> None:
     PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] = InAModel.prefix
     if not getattr(LoraConfig.check_kwargs, "__ina_guard__", False):
         LoraConfig.check_kwargs = _guard_authors_format(LoraConfig.check_kwargs)
+    if not getattr(PeftModel.__init__, "__ina_guard__", False):
+        PeftModel.__init__ = _quiet_for_ina(PeftModel.__init__)  # type: ignore[method-assign]
+
+
+def _quiet_for_ina(original: Any) -> Any:
+    """``PeftModel.__init__`` without the FutureWarning it causes, for an InA config only.
+
+    ``PeftModel.__init__`` (PEFT 0.21, peft_model.py) reads ``model.is_gradient_checkpointing``, which
+    transformers 5 deprecated; every ``get_peft_model`` and ``PeftModel.from_pretrained`` on a
+    transformers model goes through it. The user did nothing deprecated, so for InA it is not shown;
+    other PEFT methods, and a user's own read of the property, keep the warning.
+    """
+
+    @functools.wraps(original)
+    def init(self: Any, model: Any, peft_config: Any, *args: Any, **kwargs: Any) -> None:
+        if getattr(peft_config, "peft_type", None) != PEFT_TYPE_NAME:
+            return original(self, model, peft_config, *args, **kwargs)
+        with without_peft_deprecations():
+            return original(self, model, peft_config, *args, **kwargs)
+
+    init.__ina_guard__ = True  # type: ignore[attr-defined]
+    return init
 
 
 @contextlib.contextmanager
@@ -74,7 +97,8 @@ def without_peft_deprecations() -> Iterator[None]:
     """Run the block without the FutureWarning PEFT causes by reading transformers' `is_gradient_checkpointing`.
 
     PEFT 0.21 reads the deprecated property whenever it wraps or loads a model; the warning is not ours
-    to fix, and every command would print it.
+    to fix. InA models are built without it (`register`); this block serves other wrapping, e.g. of a
+    `LoraConfig`.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings(

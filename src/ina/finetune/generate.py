@@ -114,46 +114,62 @@ def generate_answers(
 def read_prompts(path: str | os.PathLike[str], flag: str = "--prompts_file") -> list[tuple[str, str]]:
     """Prompts from a file: JSON/JSONL records (``instruction`` + ``input``, or ``prompt``), else one per line.
 
-    A problem raises `UsageError` naming ``flag``, the file and the line to fix.
+    A problem raises `UsageError` as ``FLAG FILE:LINE: what is wrong; fix`` (the line a record starts on).
     """
     what = "a .json list or .jsonl of records with an `instruction` (or `prompt`), or one prompt per line"
     text = read_text(path, flag, what)
-    prompts: list[tuple[str, str]] = []
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise UsageError(
-                f"{flag} {path}:{error.lineno}: invalid JSON ({error.msg} at column {error.colno}); fix that line"
-            ) from None
-        if not isinstance(records, list):
-            raise UsageError(f"{flag} {path}: expected a JSON list of records; give {what}")
-        numbered = [(f"record {number}", record) for number, record in enumerate(records, start=1)]
-    elif stripped.startswith("{"):
-        numbered = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                numbered.append((f"line {number}", json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise UsageError(
-                    f"{flag} {path}:{number}: invalid JSON ({error.msg} at column {error.colno}); fix that line"
-                ) from None
-    else:
+    if not text.lstrip().startswith(("[", "{")):
         return [(line.strip(), "") for line in text.splitlines() if line.strip()]
-    for where, record in numbered:
+    try:
+        records = _records(text)
+    except json.JSONDecodeError as invalid:
+        raise UsageError(
+            f"{flag} {path}:{invalid.lineno}: invalid JSON ({invalid.msg} at column {invalid.colno}); "
+            "fix that line"
+        ) from None
+    prompts: list[tuple[str, str]] = []
+    for line, record in records:
         if isinstance(record, str):
             prompts.append((record, ""))
             continue
         instruction = record.get("instruction", record.get("prompt")) if isinstance(record, dict) else None
         if not isinstance(instruction, str) or not instruction.strip():
-            raise UsageError(f"{flag} {path}, {where}: needs a non-empty `instruction` (or `prompt`) string")
+            raise UsageError(
+                f"{flag} {path}:{line}: the record has no non-empty `instruction` (or `prompt`) string; add one"
+            )
         input_text = record.get("input") or ""
         if not isinstance(input_text, str):
             raise UsageError(
-                f"{flag} {path}, {where}: `input` must be a string; got {type(input_text).__name__}"
+                f"{flag} {path}:{line}: `input` is {type(input_text).__name__}, not a string; make it text "
+                "or drop it"
             )
         prompts.append((instruction, input_text))
     return prompts
+
+
+def _records(text: str) -> list[tuple[int, Any]]:
+    """The records of a JSON array or of JSON Lines, each with the line it starts on.
+
+    Raises `json.JSONDecodeError` (its ``pos`` in ``text``) for invalid JSON.
+    """
+    decoder = json.JSONDecoder()
+    if not text.lstrip().startswith("["):  # JSON Lines: one record per non-blank line
+        records, offset = [], 0
+        for number, line in enumerate(text.splitlines(keepends=True), start=1):
+            if line.strip():
+                try:
+                    records.append((number, json.loads(line)))
+                except json.JSONDecodeError as error:
+                    raise json.JSONDecodeError(error.msg, text, offset + error.pos) from None
+            offset += len(line)
+        return records
+    json.loads(text)  # the document as a whole first: a malformed array is reported where it breaks
+    records, position = [], text.index("[") + 1
+    while True:
+        while text[position] in " \t\r\n,":
+            position += 1
+        if text[position] == "]":
+            return records
+        record, position_after = decoder.raw_decode(text, position)
+        records.append((text.count("\n", 0, position) + 1, record))
+        position = position_after

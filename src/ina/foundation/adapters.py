@@ -10,6 +10,7 @@ under the flags' names. This module imports no framework at import time.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -56,42 +57,86 @@ class AdapterSpec:
     path: Path
 
 
-def split_adapter_spec(value: str, flag: str = "--adapter", bare_path: bool = True) -> tuple[str, str]:
-    """``NAME=PATH`` → ``(name, path)``; a bare ``PATH`` is named after its folder when ``bare_path``."""
+ADAPTER_CONFIG = "adapter_config.json"
+_SAVED_BY = (
+    "give a folder that save_pretrained wrote (`ina finetune`'s --output_dir, `ina glue`, `ina sweep`)"
+)
+
+
+def adapter_folder_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not an adapter folder (missing, a file, no adapter_config.json) with the fix; None if it is.
+
+    The one wording of these errors for every command (``--adapter`` specs, ``ina info PATH``, ...).
+    """
+    folder = Path(path)
+    if not folder.exists():
+        where = "" if folder.is_absolute() else f" in {Path.cwd()}"
+        return f"no such folder{where}; {_SAVED_BY}"
+    if not folder.is_dir():
+        return "is a file, not a folder; give the adapter folder that holds it"
+    if not (folder / ADAPTER_CONFIG).is_file():
+        return f"the folder holds no {ADAPTER_CONFIG}; {_SAVED_BY}"
+    return None
+
+
+def _split(value: str, flag: str, bare_path: bool) -> tuple[str, str, bool]:
+    """``(name, path, bare)``: ``bare`` when ``value`` is a PATH alone, named after the folder it means."""
     name, sep, path = value.partition("=")
-    if not sep and bare_path:
+    bare = not sep and bare_path
+    if bare:
         path = value
-        name = Path(value.rstrip("/")).name
+        name = Path(os.path.abspath(value)).name if value.strip() else ""  # `.`, `..`, `run/` alike
     name, path = name.strip(), path.strip()
     if not name or not path:
-        raise AdapterSpecError(f"{flag} must be NAME=PATH (e.g. {flag} ina30=runs/ina-0.3); got {value!r}")
+        example = (
+            f"{_usable(Path(os.path.abspath(value)).name)}={value}" if value.strip() and not sep else None
+        )
+        raise AdapterSpecError(
+            f"{flag} must be NAME=PATH (e.g. {flag} {example or 'ina30=runs/ina-0.3'}); got {value!r}"
+        )
+    return name, path, bare
+
+
+def split_adapter_spec(value: str, flag: str = "--adapter", bare_path: bool = True) -> tuple[str, str]:
+    """``NAME=PATH`` → ``(name, path)``; a bare ``PATH`` is named after its folder when ``bare_path``."""
+    name, path, _ = _split(value, flag, bare_path)
     return name, path
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name an adapter, or None."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):  # PEFT's module dictionaries refuse dots
+        return f"NAME must use letters, digits, '_' and '-' only; got {name!r}"
+    if name == "base" or name.startswith("__"):
+        return f"the name {name!r} is reserved for the base model"
+    if "lora_".startswith(
+        name
+    ):  # PEFT finds adapter weights by the prefix "lora_"; such a name may reinitialise them
+        return f"the name {name!r} is part of PEFT's parameter prefix 'lora_'"
+    return None
+
+
+def _usable(name: str) -> str:
+    """``name`` made usable as an adapter name (for a suggestion in an error)."""
+    usable = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")
+    return usable if usable and _name_problem(usable) is None else "adapter1"
 
 
 def parse_adapter_spec(value: str, flag: str = "--adapter", bare_path: bool = True) -> AdapterSpec:
     """``NAME=PATH`` (or a bare ``PATH``, named after its folder) → `AdapterSpec`.
 
-    Raises `AdapterSpecError` naming ``flag`` when the name is unusable or the folder holds no adapter.
+    Raises `AdapterSpecError` naming ``flag`` when the folder holds no adapter or the name is unusable.
     """
-    name, path = split_adapter_spec(value, flag, bare_path)
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):  # PEFT's module dictionaries refuse dots
+    name, path, bare = _split(value, flag, bare_path)
+    problem = _name_problem(name)
+    if problem and not bare:  # a NAME the user chose: its rule first, whatever the folder
+        raise AdapterSpecError(f"{flag} {value!r}: {problem}; choose another NAME (e.g. ina30)")
+    if folder_problem := adapter_folder_problem(path):
+        raise AdapterSpecError(f"{flag} {value!r}: {folder_problem}")
+    if problem:  # a bare PATH, named after its folder
         raise AdapterSpecError(
-            f"{flag} NAME must use letters, digits, '_' and '-' only (e.g. ina30); got {name!r}"
-        )
-    if name == "base" or name.startswith("__"):
-        raise AdapterSpecError(
-            f"{flag}: the name {name!r} is reserved for the base model; choose another NAME"
-        )
-    if "lora_".startswith(
-        name
-    ):  # PEFT finds adapter weights by the prefix "lora_"; such a name may reinitialise them
-        raise AdapterSpecError(
-            f"{flag}: the name {name!r} is part of PEFT's parameter prefix 'lora_'; choose another NAME (e.g. lora0)"
-        )
-    if not (Path(path) / "adapter_config.json").is_file():
-        raise AdapterSpecError(
-            f"{flag} {value!r}: {path!r} has no adapter_config.json; give the folder that save_pretrained "
-            "(ina finetune, ina glue, ina sweep) wrote"
+            f"{flag} {value!r}: a bare PATH is named after its folder, and {problem}; name it yourself, "
+            f"e.g. {flag} {_usable(name)}={value}"
         )
     return AdapterSpec(name, Path(path))
 

@@ -7,6 +7,7 @@ for every command. ``minilm`` and ``smollm`` name the embedded offline defaults 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,16 +21,45 @@ DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16", "float64")
 ALIASES: dict[str, str] = {"minilm": "all-MiniLM-L6-v2", "smollm": "SmolLM2-135M-Instruct"}
 
 
-def resolve_device(setting: str = "auto") -> Any:
-    """``"auto"`` → ``cuda`` when a GPU is present, else ``cpu``; anything else as ``torch.device``."""
+def resolve_device(setting: str = "auto", flag: str = "--device") -> Any:
+    """``"auto"`` → ``cuda`` when a GPU is present, else ``cpu``; anything else as ``torch.device``.
+
+    A device this machine does not have (``cuda`` without a GPU, ``cuda:3`` with two) is a `UsageError`
+    naming ``flag``, raised before any model is loaded.
+    """
     import torch
 
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rule = f"{flag} must be auto, cpu, cuda or cuda:N"
     try:
-        return torch.device(setting)
-    except (RuntimeError, ValueError) as error:
-        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N; got {setting!r}") from error
+        device = torch.device(setting)
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise UsageError(f"{rule}; got {setting!r}") from error
+    if device.type == "cpu":
+        return device
+    if device.type not in _ACCELERATORS:
+        raise UsageError(f"{rule}; got {setting!r}")
+    backend = getattr(torch, device.type, None)
+    count = backend.device_count() if backend is not None and backend.is_available() else 0
+    if count == 0:
+        build = (
+            " (this torch is a CPU-only build)" if device.type == "cuda" and not torch.version.cuda else ""
+        )
+        raise UsageError(
+            f"{flag} {setting!r}: this machine has no {_ACCELERATORS[device.type]}{build}; use {flag} cpu, or auto "
+            "(a GPU when there is one, else the CPU)"
+        )
+    if device.index is not None and device.index >= count:
+        raise UsageError(
+            f"{flag} {setting!r}: this machine has {count} {device.type} device(s), "
+            f"{device.type}:0 to {device.type}:{count - 1}; give one of them, or auto"
+        )
+    return device
+
+
+# Device types beside the CPU, each a ``torch.<type>`` module with is_available/device_count, and its name.
+_ACCELERATORS: dict[str, str] = {"cuda": "CUDA GPU", "mps": "Apple GPU (mps)", "xpu": "Intel GPU (xpu)"}
 
 
 @contextlib.contextmanager
@@ -44,6 +74,24 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def recompile_limit(at_least: int | None) -> Iterator[None]:
+    """Run the block with torch.compile's recompilation limit (dynamo's ``cache_size_limit``) at least
+    ``at_least`` (``None``: unchanged), restoring the previous value: the process's other compiled code
+    keeps the limit it had."""
+    if at_least is None:
+        yield
+        return
+    import torch._dynamo as dynamo
+
+    previous = dynamo.config.cache_size_limit
+    dynamo.config.cache_size_limit = max(previous, at_least)
+    try:
+        yield
+    finally:
+        dynamo.config.cache_size_limit = previous
 
 
 def resolve_dtype(setting: str = "auto", device: Any = None, flag: str = "--dtype") -> Any:
@@ -104,9 +152,14 @@ def check_model_source(name: str, flag: str = "--base_model") -> None:
         raise UsageError(f"{flag} {name!r}: no such folder; give {_FOLDER}, or `minilm` / `smollm`")
 
 
-def source_error(name: str, flag: str, error: BaseException, what: str = "it") -> UsageError:
-    """The `UsageError` for a model ``name`` whose loading raised ``error``, naming the real cause."""
-    if not Path(name).expanduser().exists() and (_offline() or "connect" in str(error)):
+def source_error(
+    name: str, flag: str, error: BaseException, what: str = "it", unreachable: bool = False
+) -> UsageError:
+    """The `UsageError` for a model ``name`` whose loading raised ``error``, naming the real cause.
+
+    ``unreachable``: the hub did not answer (`hub_reachable`), so only a cached copy could have loaded.
+    """
+    if not Path(name).expanduser().exists() and (unreachable or _offline() or "connect" in str(error)):
         return UsageError(
             f"{flag} {name!r}: not a local folder, and the Hugging Face hub is unreachable "
             f"(HF_HUB_OFFLINE=1, or no network) with no cached copy of {what}; download it "
@@ -115,6 +168,61 @@ def source_error(name: str, flag: str, error: BaseException, what: str = "it") -
     return UsageError(
         f"{flag} {name!r}: cannot load {what} ({_first_line(error)}); give {_FOLDER} or, online, a hub id"
     )
+
+
+#: Seconds the hub (or the proxy to it) has to accept a connection before ina loads from the cache only.
+HUB_TIMEOUT = 3.0
+
+
+def _hub_address() -> tuple[str, int]:
+    """The host and port a hub download connects to first: the proxy for the hub's URL if one is set."""
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    from huggingface_hub import constants
+
+    endpoint = urlsplit(constants.ENDPOINT)
+    proxies = getproxies()
+    proxy = proxies.get(endpoint.scheme) or proxies.get("all")
+    if proxy and not proxy_bypass(endpoint.hostname or ""):
+        endpoint = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return endpoint.hostname or "", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+
+
+@functools.cache
+def hub_reachable(timeout: float = HUB_TIMEOUT) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``, or the proxy to it) accepts a TCP connection in ``timeout`` s.
+
+    Asked once per process, before the first hub download: without an answer, huggingface_hub would
+    retry each file for about a minute before the same error.
+    """
+    import socket
+    import threading
+
+    answered = threading.Event()
+
+    def connect() -> None:  # in a thread: name resolution has no timeout of its own
+        with contextlib.suppress(OSError), socket.create_connection(_hub_address(), timeout=timeout):
+            answered.set()
+
+    probe = threading.Thread(target=connect, name="ina-hub-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)  # a refused connection or an unknown name ends it at once
+    return answered.is_set()
+
+
+def _hub_kwargs(name: str, kwargs: dict[str, Any], model: bool = True) -> tuple[dict[str, Any], bool]:
+    """``kwargs`` for ``from_pretrained(name)`` (of a model, else a tokenizer), and whether the hub was unreachable.
+
+    A hub id while the hub does not answer is read from the local cache only (``local_files_only``):
+    a cached copy loads at once, a missing one fails at once.
+    """
+    if Path(name).expanduser().exists() or _offline() or kwargs.get("local_files_only") or hub_reachable():
+        return kwargs, False
+    kwargs = {**kwargs, "local_files_only": True}
+    if model:  # transformers' Auto classes look for a PEFT adapter in the repository without that flag
+        kwargs["adapter_kwargs"] = {**kwargs.get("adapter_kwargs", {}), "local_files_only": True}
+    return kwargs, True
 
 
 def load_tokenizer(
@@ -134,10 +242,11 @@ def load_tokenizer(
     source = tokenizer_name or name
     source_flag = "--tokenizer_name" if tokenizer_name else flag
     check_model_source(source, source_flag)
+    kwargs, unreachable = _hub_kwargs(source, kwargs, model=False)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except OSError as error:
-        raise source_error(source, source_flag, error, "its tokenizer") from error
+        raise source_error(source, source_flag, error, "its tokenizer", unreachable) from error
     except (ValueError, TypeError) as error:
         raise UsageError(
             f"{flag} {name!r} has no usable tokenizer ({_first_line(error)}); give a model "
@@ -175,6 +284,7 @@ def load_pretrained(auto_class: Any, name: str, flag: str = "--base_model", **kw
     from transformers.utils import logging as transformers_logging
 
     check_model_source(name, flag)
+    kwargs, unreachable = _hub_kwargs(name, kwargs)
     verbosity = transformers_logging.get_verbosity()
     bars = transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()
@@ -183,7 +293,7 @@ def load_pretrained(auto_class: Any, name: str, flag: str = "--base_model", **kw
     try:
         return auto_class.from_pretrained(name, **kwargs)
     except OSError as error:
-        raise source_error(name, flag, error) from error
+        raise source_error(name, flag, error, unreachable=unreachable) from error
     finally:
         transformers_logging.set_verbosity(verbosity)
         if bars:
