@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import torch
 
-from ina.serve.engine import SamplingParams
+from ina.serve.engine import Event, SamplingParams
+from tests.serve.engine_helpers import TIMEOUT, Captured, held
 
 PROMPTS = [
     "I put my red bag in the black bag.",
@@ -73,8 +75,6 @@ def _runs_to_length(engine: object, max_tokens: int) -> tuple[str, str, list[int
 def test_late_request_joins_the_running_batch(engine: object) -> None:
     """A request arriving mid-decode is merged into the running batch (KV cache left-padded) and still
     answers exactly as it does alone."""
-    import threading
-
     model, _, long_ids = _runs_to_length(engine, 48)
     short_ids = engine.encode_text(PROMPTS[6])
     greedy = SamplingParams(max_tokens=48, temperature=0)
@@ -119,43 +119,66 @@ def test_32_concurrent_requests_across_two_adapters(client: openai.OpenAI, engin
     assert engine.stats()["max_rows_in_step"] >= 8, "concurrent requests must share decode steps"
 
 
-def test_client_disconnect_mid_stream_frees_its_slot(server: object, engine: object) -> None:
+def test_client_disconnect_mid_stream_frees_its_slot(
+    server: object, engine: object, monkeypatch: object
+) -> None:
+    """The worker waits after the first text it streams until the server has seen the client go, so the
+    row is cancelled mid-decode whatever the load (it would otherwise run to 64 tokens)."""
     model, prompt, _ = _runs_to_length(engine, 64)
+    streamed, go_on = threading.Event(), threading.Event()
+
+    def listen(listener: Callable[[Event], None]) -> Callable[[Event], None]:
+        def on_event(event: Event) -> None:
+            listener(event)
+            if event.text and event.finish_reason is None and not streamed.is_set():
+                streamed.set()
+                go_on.wait(TIMEOUT)  # the worker, between two decode steps
+
+        return on_event
+
+    captured = Captured(engine, monkeypatch, listen)
     body = {"model": model, "prompt": prompt, "max_tokens": 64, "temperature": 0, "stream": True}
     before = engine.stats()["cancelled"]
-    with (
-        httpx.Client(timeout=30) as http,
-        http.stream("POST", f"{server.url}/v1/completions", json=body) as reply,
-    ):
-        for line in reply.iter_lines():
-            if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["text"]:
-                break  # got some text: hang up now
-    deadline = time.time() + 10
-    while time.time() < deadline and engine.stats()["cancelled"] == before:
-        time.sleep(0.05)
+    try:
+        with (
+            httpx.Client(timeout=TIMEOUT) as http,
+            http.stream("POST", f"{server.url}/v1/completions", json=body) as reply,
+        ):
+            for line in reply.iter_lines():
+                if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["text"]:
+                    break  # got some text: hang up now
+        assert captured.cancelled.wait(TIMEOUT), "the server did not cancel the stream of a client that left"
+    finally:
+        go_on.set()
+    generation = captured.first()
+    assert generation.finished.wait(TIMEOUT)
+    assert 0 < len(generation.token_ids) < 64
     assert engine.stats()["cancelled"] == before + 1
     assert engine.stats()["active_rows"] == 0
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
 
 
-def test_client_gone_before_a_non_streamed_answer_frees_its_slot(server: object, engine: object) -> None:
-    """The worker is held busy, a client posts a non-streamed request and hangs up: the request is
+def test_client_gone_before_a_non_streamed_answer_frees_its_slot(
+    server: object, engine: object, monkeypatch: object
+) -> None:
+    """The worker is held while a client posts a non-streamed request and hangs up: the request is
     cancelled while it waits, so it never takes a batch slot."""
     import socket
 
-    busy = engine.run_exclusive(lambda: time.sleep(2.0))
-    before = engine.stats()["cancelled"]
+    captured = Captured(engine, monkeypatch)
+    before = engine.stats()
     body = json.dumps({"model": "ina03", "prompt": "The quick", "max_tokens": 64, "temperature": 0}).encode()
     head = (
         f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(head + body)
-        time.sleep(0.3)  # let the server read the request
-    busy.result(timeout=30)
-    deadline = time.time() + 10
-    while time.time() < deadline and engine.stats()["cancelled"] == before:
-        time.sleep(0.05)
-    assert engine.stats()["cancelled"] == before + 1
-    assert engine.stats()["active_rows"] == 0
+    with held(engine):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+            sock.sendall(head + body)
+            generation = captured.first()  # the server has read the request and queued it
+        assert captured.cancelled.wait(TIMEOUT), "the server did not cancel the request of a client that left"
+    assert generation.finished.wait(TIMEOUT)
+    after = engine.stats()
+    assert generation.token_ids == [] and after["prefills"] == before["prefills"]
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["active_rows"] == 0

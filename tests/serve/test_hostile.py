@@ -246,12 +246,17 @@ def test_attention_refuses_texts_over_the_token_limit(live: LiveServer) -> None:
 # ---------------------------------------------------------------- 6. smaller: limits, auth, codes, framing
 
 
-def test_too_many_rows_in_one_request_is_400_not_503(live: LiveServer, hostile_settings: Any) -> None:
-    prompts = ["a"] * (hostile_settings.max_queue + 1)
+def test_too_many_rows_in_one_request_is_400_not_503(live: LiveServer, engine: Any) -> None:
+    """Mutation: `check_request` comparing with `--max_queue` (256) instead of the engine's row limit."""
+    limit = engine.limits["max_rows_per_request"]
+    prompts = ["a"] * (limit + 1)
     reply = httpx.post(f"{live.url}/v1/completions", json={"model": "ina03", "prompt": prompts}, timeout=30)
     error = _error(reply, 400)
-    assert error["param"] == "prompt" and str(hostile_settings.max_queue) in error["message"]
-    body = {"model": "ina03", "prompt": ["a"] * 40, "n": 8, "max_tokens": 1}
+    assert (
+        error["param"] == "prompt"
+        and f"at most {limit} completions (--max_rows_per_request)" in error["message"]
+    )
+    body = {"model": "ina03", "prompt": ["a"] * limit, "n": 2, "max_tokens": 1}
     assert _error(httpx.post(f"{live.url}/v1/completions", json=body, timeout=30), 400)["param"] == "n"
     assert httpx.get(f"{live.url}/health").json()["queued"] == 0
 
@@ -301,3 +306,165 @@ def test_malformed_content_length_gets_the_envelope(live: LiveServer, length: by
     assert b"content-type: application/json" in head.lower(), data
     error = json.loads(body)["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["code"], error
+
+
+# ---------------------------------------------------------------- 7. issue 24: fields, bodies, paths, methods
+
+
+@pytest.mark.parametrize(
+    ("route", "extra", "param"),
+    [
+        ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+        ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ("/v1/chat/completions", {"tool_choice": "auto"}, "tool_choice"),
+        ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 2}, "logprobs"),
+        ("/v1/chat/completions", {"reasoning_effort": "high"}, "reasoning_effort"),
+        ("/v1/chat/completions", {"store": True}, "store"),
+        ("/v1/chat/completions", {"frequency_penalty": 1e9}, "frequency_penalty"),
+        ("/v1/chat/completions", {"presence_penalty": -1e9}, "presence_penalty"),
+        ("/v1/chat/completions", {"logit_bias": {"1": 1e9}}, "logit_bias"),
+        ("/v1/chat/completions", {"logit_bias": {"a": 1}}, "logit_bias"),
+        ("/v1/chat/completions", {"logit_bias": {str(10**6): 1}}, "logit_bias"),
+        ("/v1/chat/completions", {"frequency_penalty": "1"}, "frequency_penalty"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi", "name": "bob"}]},
+            "messages",
+        ),
+        ("/v1/chat/completions", {"stream_options": {"include_obfuscation": True}}, "stream_options"),
+        ("/v1/chat/completions", {"temperatur": 0}, "temperatur"),
+        ("/v1/completions", {"suffix": " the end"}, "suffix"),
+        ("/v1/completions", {"logprobs": 0}, "logprobs"),
+        ("/v1/completions", {"best_of": 3}, "best_of"),
+        ("/completion", {"system": "be evil"}, "system"),
+        ("/v1/attention", {"heads": [0]}, "heads"),
+    ],
+)
+def test_a_field_the_server_does_not_implement_is_400_naming_it(
+    live: LiveServer, route: str, extra: dict[str, Any], param: str
+) -> None:
+    """Never accepted and ignored: an OpenAI field asking for what the server does not do, or an unknown
+    field (a typo), is a 400 that names it."""
+    bodies = {
+        "/v1/chat/completions": CHAT,
+        "/v1/completions": {"model": "ina03", "prompt": "hi", "max_tokens": 4},
+        "/completion": {"model": "ina03", "instruction": "hi", "max_new_tokens": 4},
+        "/v1/attention": {"model": "ina03", "text": "hi"},
+    }
+    error = _error(httpx.post(f"{live.url}{route}", json={**bodies[route], **extra}, timeout=20), 400)
+    assert error["param"] == param, error
+    named = "include_obfuscation" if param == "stream_options" else "name" if param == "messages" else param
+    assert f"`{named}`" in error["message"] or f".{named}`" in error["message"], error
+
+
+def test_fields_that_ask_for_nothing_are_accepted(live: LiveServer) -> None:
+    """What OpenAI clients send as their defaults (null, false, text format, best_of = n) still answers."""
+    neutral = {
+        "response_format": {"type": "text"},
+        "logprobs": False,
+        "tools": [],
+        "tool_choice": "none",
+        "store": False,
+        "frequency_penalty": 0,
+        "presence_penalty": 0.0,
+        "logit_bias": {},
+        "service_tier": "auto",
+        "user": "someone",
+        "top_logprobs": None,
+    }
+    reply = httpx.post(f"{live.url}/v1/chat/completions", json={**CHAT, **neutral}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    text = {"model": "ina03", "prompt": "hi", "max_tokens": 2, "suffix": None, "best_of": 2, "n": 2}
+    reply = httpx.post(f"{live.url}/v1/completions", json=text, timeout=30)
+    assert reply.status_code == 200 and len(reply.json()["choices"]) == 2, reply.text
+
+
+def test_penalties_and_logit_bias_are_applied_not_ignored(live: LiveServer, engine: Any) -> None:
+    """OpenAI's `frequency_penalty`, `presence_penalty` and `logit_bias` reach the engine: the answer is the
+    engine's own with the same parameters (tests/serve/test_sampling_controls.py checks the formula there),
+    and a bias of 100 on one token makes greedy decoding repeat it.
+    Mutation: `deps.sampling` leaving the three out of `SamplingParams`."""
+    body = {"model": "ina03", "prompt": "Once upon", "max_tokens": 6, "temperature": 0}
+    extra = {"frequency_penalty": 2.0, "presence_penalty": 1.5, "logit_bias": {"40": 4.0, "41": -100}}
+    params = SamplingParams(
+        6, 0.0, frequency_penalty=2.0, presence_penalty=1.5, logit_bias={40: 4.0, 41: -100.0}
+    )
+    expected = engine.generate("ina03", engine.encode_text("Once upon"), params, 60).text
+    plain = engine.generate("ina03", engine.encode_text("Once upon"), SamplingParams(6, 0.0), 60).text
+    assert expected != plain, "the parameters must change this answer, or the test shows nothing"
+    reply = httpx.post(f"{live.url}/v1/completions", json={**body, **extra}, timeout=60)
+    assert reply.status_code == 200 and reply.json()["choices"][0]["text"] == expected, reply.text
+    forced = httpx.post(f"{live.url}/v1/completions", json={**body, "logit_bias": {"77": 100}}, timeout=60)
+    assert forced.json()["choices"][0]["text"] == engine.tokenizer.decode([77] * 6), forced.text
+
+
+def test_openai_client_gets_a_typed_error_for_an_unimplemented_field(live: LiveServer) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=20)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="ina03", messages=CHAT["messages"], max_tokens=4, response_format={"type": "json_object"}
+        )
+    assert info.value.body["param"] == "response_format" and info.value.body["code"] == "unsupported"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="ina03", prompt="hi", max_tokens=4, suffix="!")
+    assert info.value.body["param"] == "suffix"
+
+
+def test_body_that_is_not_utf8_is_named_so(live: LiveServer) -> None:
+    headers = {"content-type": "application/json"}
+    for body, byte in ((b'{"model": "ina03", "prompt": "caf\xe9"}', "0xe9"), (b"\xff\xfe{}", "0xff")):
+        error = _error(httpx.post(f"{live.url}/v1/completions", content=body, headers=headers), 400)
+        assert (
+            error["code"] == "invalid_encoding" and byte in error["message"] and "UTF-8" in error["message"]
+        )
+        assert "4300 digits" not in error["message"]
+    error = _error(httpx.post(f"{live.url}/v1/completions", content=b'{"model": ', headers=headers), 400)
+    assert error["code"] == "invalid_json" and "line 1 column" in error["message"]
+    bom = "\ufeff" + json.dumps({"model": "ina03", "prompt": "hi", "max_tokens": 2})
+    assert httpx.post(f"{live.url}/v1/completions", content=bom.encode(), headers=headers).status_code == 200
+
+
+def test_a_form_encoded_body_is_415_saying_how_to_send_json(live: LiveServer) -> None:
+    """curl -d without a Content-Type sends a form; the answer says which header to add."""
+    reply = httpx.post(
+        f"{live.url}/v1/completions",
+        content=json.dumps({"model": "ina03", "prompt": "hi"}).encode(),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    error = _error(reply, 415)
+    assert "application/json" in error["message"] and error["code"] == "unsupported_media_type"
+
+
+def test_max_completion_tokens_over_the_cap_names_that_field(live: LiveServer, hostile_settings: Any) -> None:
+    body = {**CHAT, "max_completion_tokens": hostile_settings.max_tokens_cap + 1}
+    body.pop("max_tokens")
+    error = _error(httpx.post(f"{live.url}/v1/chat/completions", json=body), 400)
+    assert error["param"] == "max_completion_tokens" and "`max_completion_tokens`" in error["message"]
+    both = {**body, "max_tokens": 4}  # max_completion_tokens, OpenAI's current name, wins
+    assert (
+        _error(httpx.post(f"{live.url}/v1/chat/completions", json=both), 400)["param"]
+        == "max_completion_tokens"
+    )
+
+
+def test_a_trailing_slash_is_served_not_redirected(live: LiveServer) -> None:
+    """A 307 would make clients send their POST twice (or not follow it at all)."""
+    for method, path, body in (
+        ("POST", "/v1/chat/completions/", CHAT),
+        ("POST", "/v1/completions/", {"model": "ina03", "prompt": "hi", "max_tokens": 2}),
+        ("GET", "/v1/models/", None),
+        ("GET", "/v1/models/ina03/", None),
+        ("GET", "/health/", None),
+    ):
+        reply = httpx.request(method, f"{live.url}{path}", json=body, timeout=30, follow_redirects=False)
+        assert reply.status_code == 200, (path, reply.status_code, reply.text)
+
+
+def test_head_is_answered_wherever_get_is(live: LiveServer) -> None:
+    for path in ("/health", "/v1/models", "/v1/models/ina03", "/", "/static/app.js"):
+        reply = httpx.head(f"{live.url}{path}")
+        assert reply.status_code == 200 and reply.content == b"", (path, reply.status_code)
+        assert int(reply.headers["content-length"]) > 0
+    assert httpx.head(f"{live.url}/v1/completions").status_code == 405

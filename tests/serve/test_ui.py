@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,15 +26,10 @@ pytestmark = pytest.mark.skipif(
     reason=f"no Chromium at {CHROMIUM}: install it (apt-get install chromium; scripts/setup does as root)",
 )
 
-# Records every distinct text an assistant bubble / compare column shows while it streams.
-WATCH = """
-window.__seen = [];
-new MutationObserver(() => {
-  for (const node of document.querySelectorAll('.msg.assistant .text, .compare-output')) {
-    window.__seen.push(node.textContent);
-  }
-}).observe(document.body, {subtree: true, childList: true, characterData: true});
-"""
+# The chat answer is seen mid-stream: the worker is held at this decode step until the page has shown part
+# of it, so the test needs no sleep and no luck with the machine's load (the answer is 16 tokens).
+PAUSE_AT_STEP = 4
+PARTIAL = "() => (document.querySelector('.msg.assistant .text')?.textContent || '').trim().length > 0"
 
 
 def _browser(playwright: object) -> object:
@@ -40,8 +37,9 @@ def _browser(playwright: object) -> object:
 
 
 def test_chat_streams_and_compare_shows_models_side_by_side(
-    server: object, engine: object, tmp_path: Path
+    server: object, engine: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Mutation: app.js rendering the answer only when the stream ends (no partial text is ever shown)."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
     expect = sync_api.expect
     prompt = "Tell me a joke about a cat"
@@ -51,6 +49,14 @@ def test_chat_streams_and_compare_shows_models_side_by_side(
         ids = engine.encode_chat(model, [{"role": "user", "content": prompt}])
         return engine.generate(model, ids, SamplingParams(max_tokens=max_tokens, temperature=0)).text
 
+    release, steps, step = threading.Event(), itertools.count(1), engine.runner.step
+
+    def held_step(*args: object) -> object:
+        if next(steps) == PAUSE_AT_STEP:
+            release.wait(60)
+        return step(*args)
+
+    monkeypatch.setattr(engine.runner, "step", held_step)
     errors: list[str] = []
     with sync_api.sync_playwright() as playwright:
         browser = _browser(playwright)
@@ -64,15 +70,21 @@ def test_chat_streams_and_compare_shows_models_side_by_side(
         page.locator("#max-tokens").fill(str(max_tokens))
         expect(page.locator("#max-tokens-value")).to_have_text(str(max_tokens))
         page.select_option("#model-select", "ina03")
-        page.evaluate(WATCH)
 
         page.fill("#chat-input", prompt)
         page.click("#chat-send")
+        try:  # the worker waits at its 4th decode step: what the page shows now came before the end
+            page.wait_for_function(PARTIAL, timeout=30_000)
+            partial = page.locator(".msg.assistant .text").inner_text()
+        finally:
+            release.set()
         answer = page.locator(".msg.assistant.done .text")
         expect(answer).to_have_count(1, timeout=30_000)
-        assert answer.inner_text().strip() == expected("ina03").strip()
-        seen = {text for text in page.evaluate("window.__seen") if text}
-        assert len(seen) >= 2, "the answer must appear piece by piece (streamed), not all at once"
+        final = answer.inner_text().strip()
+        assert final == expected("ina03").strip()
+        assert final.startswith(partial.strip()) and len(partial.strip()) < len(final), (
+            f"the answer must appear piece by piece (streamed), not all at once: {partial!r} then {final!r}"
+        )
         assert page.locator(".msg.user .text").inner_text() == prompt
 
         page.click("#tab-compare")
@@ -150,3 +162,34 @@ def test_compare_view_draws_each_models_attention_from_the_server(server: object
         )
         assert grey == "238,238,238,255" and seen != grey
         browser.close()
+
+
+HOSTILE_ID = '"><img src=x onerror="window.__pwned=1">'
+
+
+def test_an_operators_model_id_is_shown_as_text_never_as_html(serve_files: object) -> None:
+    """Issue 24.9: a base model id holding markup is shown as its characters; no element is made of it.
+    Mutation: app.js building the compare checkboxes with `label.innerHTML = ... value="${model.id}"`."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+    from ina.serve.api import create_app
+    from ina.serve.engine import Engine
+    from ina.serve.server import LiveServer
+    from ina.serve.settings import ServeSettings
+
+    engine = Engine.load(serve_files.base, {}, base_model_id=HOSTILE_ID, dtype="float32")
+    engine.start()
+    settings = ServeSettings(base_model=str(serve_files.base), base_model_id=HOSTILE_ID, api_key="")
+    try:
+        with LiveServer(create_app(engine, settings)) as live, sync_api.sync_playwright() as playwright:
+            browser = _browser(playwright)
+            page = browser.new_page()
+            page.goto(f"{live.url}/")
+            sync_api.expect(page.locator("#model-select option")).to_have_count(1)
+            assert page.locator("#model-select option").inner_text() == f"{HOSTILE_ID} (base)"
+            assert page.locator("#compare-models input").get_attribute("value") == HOSTILE_ID
+            assert page.locator("#compare-models span").inner_text() == HOSTILE_ID
+            assert page.locator("img").count() == 0
+            assert page.evaluate("window.__pwned") is None
+            browser.close()
+    finally:
+        engine.shutdown()

@@ -8,6 +8,9 @@ command runs.
 from __future__ import annotations
 
 import argparse
+import errno
+import gc
+import socket
 import sys
 from pathlib import Path
 
@@ -83,13 +86,48 @@ def _serve(args: argparse.Namespace) -> int:
     return _run(settings)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port``, before any model loads: an address this machine cannot listen on
+    is one line naming the flag (`UsageError`), not an errno from deep inside the server a minute later."""
+    from ina.foundation.errors import UsageError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError):
+        raise UsageError(
+            f"--host {host!r} is neither an IP address nor a name this machine can resolve; give e.g. 127.0.0.1 "
+            "(this machine only) or 0.0.0.0 (every interface)"
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        where = f"--host {host} --port {port}"
+        why = {
+            errno.EADDRINUSE: f"--port {port} is already in use on {host} (another server?); stop it or choose "
+            "another --port (0: any free port)",
+            errno.EACCES: f"{where}: not allowed to listen there (ports below 1024 need privileges); choose "
+            "a --port of 1024 or more",
+            errno.EADDRNOTAVAIL: f"--host {host} is not an address of this machine; give one of its addresses, "
+            "127.0.0.1 or 0.0.0.0",
+        }.get(error.errno or 0, f"{where}: cannot listen there ({error.strerror or error})")
+        raise UsageError(why) from None
+    return sock
+
+
 def _run(settings: ServeSettings) -> int:
     import uvicorn
 
     from ina.serve.api import create_app
-    from ina.serve.api.protocol import EnvelopeHTTPProtocol
     from ina.serve.engine import Engine
+    from ina.serve.server import uvicorn_config
 
+    sock = listen(settings.host, settings.port)  # UsageError: exit 2, before the model loads
+    port = sock.getsockname()[1]
     try:
         engine = Engine.load(
             str(settings.base_model),
@@ -100,11 +138,14 @@ def _run(settings: ServeSettings) -> int:
             max_batch_size=settings.max_batch_size,
             batch_window_ms=settings.batch_window_ms,
             max_queue=settings.max_queue,
+            max_rows_per_request=settings.max_rows_per_request,
+            token_budget=settings.token_budget,
         )
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         from ina.core.loading import AdapterFileError
         from ina.foundation.errors import UsageError
 
+        sock.close()
         if isinstance(error, (UsageError, AdapterFileError)):
             raise  # bad input (a missing base, a damaged adapter): one line, exit code 2 (`ina.cli.main`)
         print(
@@ -119,20 +160,21 @@ def _run(settings: ServeSettings) -> int:
             "machine can use the models (set --api_key or INA_API_KEY)",
             file=sys.stderr,
         )
+    # The model's objects live as long as the process: keep them out of every full garbage collection,
+    # which otherwise walks them all while a request holding many objects is parsed (0.65 s -> 0.1 s).
+    gc.freeze()
     app = create_app(engine, settings)
     print(
-        f"ina serve: models {engine.model_ids} on http://{settings.host}:{settings.port}/ "
-        f"(API key {'required' if settings.api_key else 'off'})",
+        f"ina serve: models {engine.model_ids} on http://{settings.host}:{port}/ "
+        f"(API key {'required' if settings.api_key else 'off'}; at most {settings.max_connections} connections)",
         file=sys.stderr,
     )
+    server = uvicorn.Server(uvicorn_config(app, settings.host, port, settings.log_level))
     try:
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            http=EnvelopeHTTPProtocol,
-        )
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
     finally:
         engine.shutdown()
-    return 0
+        sock.close()
+    return 0 if server.started else 1

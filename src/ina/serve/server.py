@@ -15,6 +15,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def uvicorn_config(app: Any, host: str, port: int, log_level: str) -> Any:
+    """uvicorn's configuration for ``app`` under its ``ServeSettings`` (``app.state.settings``): the keep-alive
+    timeout, the listen backlog, and the protocol with the read deadlines and the connection bound
+    (`ina.serve.api.protocol`). `ina serve` and :class:`LiveServer` both serve through it."""
+    import uvicorn
+
+    from ina.serve.api.protocol import ConnectionLimits, limited_protocol
+    from ina.serve.settings import listen_backlog, open_file_limit
+
+    settings = app.state.settings
+    limits = ConnectionLimits(settings.timeout_header, settings.timeout_body, settings.max_connections)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        http=limited_protocol(limits, app.state.events),
+        timeout_keep_alive=settings.timeout_keep_alive,  # type: ignore[arg-type]  # a float works
+        backlog=listen_backlog(open_file_limit()),
+    )
+
+
 class LiveServer:
     """uvicorn serving ``app`` on ``host``:``port`` (a free loopback port by default) in a daemon thread.
 
@@ -27,14 +50,10 @@ class LiveServer:
     ) -> None:
         import uvicorn
 
-        from ina.serve.api.protocol import EnvelopeHTTPProtocol
-
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
-        config = uvicorn.Config(
-            app, host=host, port=self.port, log_level=log_level, lifespan="on", http=EnvelopeHTTPProtocol
-        )
-        self.server = uvicorn.Server(config)
+        self.events = app.state.events  # what clients did to the server, counted by kind
+        self.server = uvicorn.Server(uvicorn_config(app, host, self.port, log_level))
         self.thread = threading.Thread(target=self.server.run, name="ina-serve-uvicorn", daemon=True)
 
     def start(self, timeout: float = 30.0) -> LiveServer:

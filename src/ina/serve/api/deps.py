@@ -41,7 +41,7 @@ def max_tokens_of(settings: ServeSettings, requested: int | None, param: str = "
 def check_request(
     engine: Engine, settings: ServeSettings, body: schemas.ChatCompletionRequest | schemas.CompletionRequest
 ) -> None:
-    """Refuse an unknown model (404), more choices than the server allows, and features it does not offer."""
+    """Refuse an unknown model (404), more choices than the server allows and sampling no row can use (400)."""
     engine.resolve(body.model)
     if body.n > settings.max_n:
         raise invalid_request(
@@ -52,20 +52,17 @@ def check_request(
         if isinstance(body, schemas.CompletionRequest) and isinstance(body.prompt, list)
         else 1
     )
-    if prompts * body.n > settings.max_queue:
-        # More rows than the queue holds could never be accepted: a bad request, not a busy server.
-        param = "prompt" if prompts > settings.max_queue else "n"
+    limit = engine.limits["max_rows_per_request"]
+    if prompts * body.n > limit:
+        # More rows than one request may hold could never be accepted: a bad request, not a busy server.
+        param = "prompt" if prompts > limit else "n"
         raise invalid_request(
-            f"a request may ask for at most {settings.max_queue} completions (--max_queue): `n` ({body.n}) times "
+            f"a request may ask for at most {limit} completions (--max_rows_per_request): `n` ({body.n}) times "
             f"the number of prompts ({prompts}) is {prompts * body.n}; send fewer prompts per request",
             param,
             "too_many_choices",
         )
-    feature = body.unsupported()
-    if feature is not None:
-        raise invalid_request(
-            f"`{feature}` is not supported by ina serve; leave it out of the request", feature, "unsupported"
-        )
+    engine.check_sampling(sampling(body, 1, 0))  # penalties in range, logit_bias ids in the vocabulary
 
 
 def sampling(
@@ -75,4 +72,13 @@ def sampling(
     seed = None if body.seed is None else body.seed + i
     if seed is not None and seed > schemas.SEED_MAX:  # the largest seeds wrap around for the later choices
         seed -= schemas.SEED_MAX + 1
-    return SamplingParams(max_tokens, body.temperature, body.top_p, body.stops(), seed)
+    return SamplingParams(
+        max_tokens,
+        body.temperature,
+        body.top_p,
+        body.stops(),
+        seed,
+        body.frequency_penalty,
+        body.presence_penalty,
+        body.biases(),
+    )

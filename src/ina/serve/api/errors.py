@@ -28,13 +28,19 @@ CODES = {
     401: "invalid_api_key",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "request_too_large",
+    415: "unsupported_media_type",
     422: "unsupported",
+    429: "rate_limited",
     499: "client_closed_request",
     500: "internal_error",
     501: "not_implemented",
     503: "overloaded",
 }
+
+
+RETRY_AFTER_S = 1  # what a client told to retry later (503, 429) is asked to wait, in seconds
 
 
 def code_for(status: int) -> str:
@@ -52,6 +58,7 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -59,6 +66,7 @@ class APIError(Exception):
         self.type = type
         self.param = param
         self.code = code or code_for(status)
+        self.headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
 
     def body(self) -> dict[str, Any]:
         """The JSON envelope."""
@@ -109,8 +117,8 @@ def from_engine(error: EngineError, unserved: dict[str, str] | None = None) -> A
     """
     if isinstance(error, UnknownModelError):
         return model_not_found(error.model, error.available, (unserved or {}).get(error.model))
-    if isinstance(error, OverloadedError):
-        return APIError(503, str(error), "server_error", None, error.code)
+    if isinstance(error, OverloadedError):  # a full queue: worth retrying soon
+        return APIError(503, str(error), "server_error", None, error.code, retry_after=RETRY_AFTER_S)
     if isinstance(error, PromptError):
         return invalid_request(str(error), error.param, error.code or "invalid_value")
     if isinstance(error, UnsupportedError):
@@ -135,7 +143,8 @@ async def _api_error(request: Request, error: Exception) -> JSONResponse:
         if isinstance(error, APIError)
         else error_body(str(error), "server_error", None, "internal_error")
     )
-    return ErrorResponse(body, status_code=status)
+    headers = error.headers if isinstance(error, APIError) else None
+    return ErrorResponse(body, status_code=status, headers=headers)
 
 
 async def _engine_error(request: Request, error: Exception) -> JSONResponse:
@@ -188,6 +197,18 @@ def _validation_envelope(errors: Any) -> dict[str, Any]:
     if not errors:
         return error_body("invalid request body", "invalid_request_error", None, "invalid_value")
     first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "unsupported":  # an OpenAI field this server does not implement
+        where = f"`{'.'.join(loc)}`: " if len(loc) > 1 else ""
+        return error_body(where + str(first.get("msg")), "invalid_request_error", loc[0], "unsupported")
+    if first.get("type") == "extra_forbidden":
+        name = ".".join(loc)
+        return error_body(
+            f"`{name}` is not a field of this request; leave it out (the fields are listed at /openapi.json)",
+            "invalid_request_error",
+            loc[0] if loc else None,
+            "unknown_field",
+        )
     if first.get("type") == "json_invalid":
         detail = first.get("ctx", {}).get("error", "")
         return error_body(

@@ -1,4 +1,5 @@
-"""ASGI middleware in front of every route: the API key, then a size limit on request bodies."""
+"""ASGI middleware in front of every route: the path and method made plain, the API key, then a size
+limit on request bodies."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ ASGIApp = Callable[
 
 
 class Guard:
-    """Refuses requests without the API key (401) and bodies over ``max_body_bytes`` (413)."""
+    """Serves ``/v1/models/`` as ``/v1/models`` and ``HEAD`` as ``GET`` without a body, then refuses
+    requests without the API key (401) and bodies over ``max_body_bytes`` (413)."""
 
     def __init__(self, app: ASGIApp, settings: ServeSettings) -> None:
         self.app, self.settings = app, settings
@@ -29,6 +31,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope = plain(scope)
         headers = dict(scope.get("headers") or [])
         path = scope.get("path", "")
         key = self.settings.api_key
@@ -95,6 +98,26 @@ class Guard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def plain(scope: dict[str, Any]) -> dict[str, Any]:
+    """``scope`` with one trailing slash taken off the path, and ``HEAD`` asked as ``GET``.
+
+    A copy: uvicorn keeps the original, whose method ``HEAD`` makes it send the answer's headers only
+    (RFC 9110: HEAD is GET without the body, wherever GET is served).
+    """
+    path, method = scope.get("path", ""), scope.get("method")
+    if not (len(path) > 1 and path.endswith("/")) and method != "HEAD":
+        return scope
+    scope = dict(scope)
+    if len(path) > 1 and path.endswith("/"):
+        scope["path"] = path[:-1]
+        raw = scope.get("raw_path")
+        if isinstance(raw, bytes) and raw.endswith(b"/"):
+            scope["raw_path"] = raw[:-1]
+    if method == "HEAD":
+        scope["method"] = "GET"
+    return scope
 
 
 def bearer_token(header: bytes) -> bytes:

@@ -1,28 +1,29 @@
-"""Request and response models of the HTTP API (the OpenAI shapes, plus the seed's ``/completion``).
+"""Request models of the HTTP API (the OpenAI shapes, plus the seed's ``/completion``).
 
-Requests are validated strictly (a string is not a number); unknown fields are ignored, as OpenAI
-clients send fields we do not use. Every response is one of the models below.
+Requests are validated strictly (a string is not a number), and no field is ever accepted and ignored:
+an unknown field is a 400 naming it, and an OpenAI field this server does not implement (``UNSUPPORTED``)
+is accepted only at the value that asks for nothing (its OpenAI default), else a 400 naming it.
+The response models are in :mod:`ina.serve.api.responses`.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
+import json
 from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
-    model_serializer,
 )
+from pydantic_core import PydanticCustomError
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # the range torch.Generator.manual_seed accepts
 SEED_RANGE: dict[str, Any] = {"minimum": SEED_MIN, "maximum": SEED_MAX}  # in the OpenAPI schema
 MAX_LAYERS = 1024  # more layer numbers than any model has
+MAX_LOGIT_BIAS = 1024  # token ids one request may bias (OpenAI: 300)
 
 
 def check_text(value: Any, field: str) -> Any:
@@ -41,13 +42,58 @@ def check_text(value: Any, field: str) -> Any:
     return value
 
 
+# OpenAI request fields this server does not implement: field -> (the values that ask for nothing besides
+# None, why it is refused). A request that sets one to anything else gets a 400 naming it.
+UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "response_format": (({"type": "text"},), "it answers in plain text only"),
+    "logprobs": ((False,), "it returns no log probabilities"),
+    "top_logprobs": ((0,), "it returns no log probabilities"),
+    "tools": (([],), "it calls no tools"),
+    "tool_choice": (("none",), "it calls no tools"),
+    "functions": (([],), "it calls no functions"),
+    "function_call": (("none",), "it calls no functions"),
+    "tool_calls": (([],), "it calls no tools"),
+    "refusal": ((), "a message's `refusal` has no place in the prompt"),
+    "audio": ((), "it handles text only"),
+    "modalities": ((["text"],), "it handles text only"),
+    "prediction": ((), "it uses no predicted outputs"),
+    "reasoning_effort": ((), "the served models have no reasoning setting"),
+    "verbosity": ((), "the served models have no verbosity setting"),
+    "web_search_options": ((), "it does not search the web"),
+    "store": ((False,), "it stores nothing"),
+    "metadata": (({},), "it stores nothing to attach metadata to"),
+    "service_tier": (("auto", "default"), "it has one service tier"),
+    "suffix": (("",), "it inserts no text after the completion"),
+    "best_of": ((), "it does not rank candidates; ask for `n` completions instead"),
+    "name": ((), "the chat template has no place for a participant's name"),
+}
+
+
+def unsupported_field(field: str, value: Any) -> Any:
+    """``value`` when it asks for nothing of ``field`` (see ``UNSUPPORTED``), else a 400 naming the field."""
+    neutral, why = UNSUPPORTED[field]
+    if value is None or any(value == v and type(value) is type(v) for v in neutral):
+        return value
+    allowed = " or ".join(["null", *(json.dumps(v) for v in neutral)])
+    raise PydanticCustomError(
+        "unsupported",
+        "`{field}` is not supported by ina serve: {why}; leave it out or send {allowed}",
+        {"field": field, "why": why, "allowed": allowed},
+    )
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @field_validator("*")
     @classmethod
     def _valid_unicode(cls, value: Any, info: ValidationInfo) -> Any:
         return check_text(value, info.field_name or "text")
+
+    @field_validator("*")
+    @classmethod
+    def _supported(cls, value: Any, info: ValidationInfo) -> Any:
+        return unsupported_field(info.field_name, value) if info.field_name in UNSUPPORTED else value
 
 
 class TextPart(_Request):
@@ -60,7 +106,12 @@ class TextPart(_Request):
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
-    name: str | None = None
+    # accepted empty only, as clients send back an assistant message they were given (see UNSUPPORTED)
+    name: Any = None
+    tool_calls: Any = None
+    function_call: Any = None
+    refusal: Any = None
+    audio: Any = None
 
     def text(self) -> str:
         """The message content as one string."""
@@ -83,7 +134,14 @@ class _Sampling(_Request):
     seed: int | None = Field(default=None, json_schema_extra=SEED_RANGE)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: str | None = None  # who asks (OpenAI's abuse monitoring); it changes no answer
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    # token id (a decimal string: JSON keys are strings) -> bias added to its logit, in [-100, 100]
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=MAX_LOGIT_BIAS)
+    service_tier: Any = None
+    store: Any = None
+    metadata: Any = None
 
     @field_validator("stop")
     @classmethod
@@ -98,6 +156,22 @@ class _Sampling(_Request):
     def _seed(cls, value: int | None) -> int | None:
         return check_seed(value)
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not (token.isascii() and token.isdigit() and len(token) <= 9):
+                raise ValueError(f'`logit_bias` keys must be token ids ("0", "42", ...); got {token!r}')
+            if not -100.0 <= bias <= 100.0:  # False for NaN too
+                raise ValueError(
+                    f"`logit_bias` values must be numbers in [-100, 100]; got {bias!r} for {token}"
+                )
+        return value
+
+    def biases(self) -> dict[int, float] | None:
+        """``logit_bias`` keyed by token id, or None when it asks for nothing."""
+        return {int(t): float(b) for t, b in self.logit_bias.items()} if self.logit_bias else None
+
     def stops(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
@@ -105,32 +179,43 @@ class _Sampling(_Request):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    # Accepted so that clients sending their defaults work; asking for them is refused (see `unsupported`).
-    logprobs: bool | None = None
-    tools: list[Any] | None = None
+    # OpenAI's fields this server does not implement: accepted only as asking for nothing (UNSUPPORTED)
+    response_format: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None  # only means something with `tools`, which are refused
+    functions: Any = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    web_search_options: Any = None
 
-    def unsupported(self) -> str | None:
-        """The first requested feature this server does not offer, if any."""
-        if self.logprobs:
-            return "logprobs"
-        if self.tools:
-            return "tools"
-        return None
+    def max_tokens_field(self) -> tuple[int | None, str]:
+        """The requested number of new tokens and the field that asked: ``max_completion_tokens``
+        (OpenAI's current name) before ``max_tokens``."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens, "max_completion_tokens"
+        return self.max_tokens, "max_tokens"
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
     echo: bool = False
-    logprobs: int | None = None
-    best_of: int | None = None
+    # OpenAI's fields this server does not implement: accepted only as asking for nothing (UNSUPPORTED)
+    logprobs: Any = None
+    suffix: Any = None
+    best_of: Any = None
 
-    def unsupported(self) -> str | None:
-        """The first requested feature this server does not offer, if any."""
-        if self.logprobs:
-            return "logprobs"
-        if self.best_of is not None and self.best_of != self.n:
-            return "best_of"
-        return None
+    @field_validator("best_of", mode="before")
+    @classmethod
+    def _best_of(cls, value: Any, info: ValidationInfo) -> Any:
+        # best_of == n (OpenAI's default, n) asks for nothing beyond the n completions
+        return None if value is not None and value == info.data.get("n", 1) else value
 
     @field_validator("prompt")
     @classmethod
@@ -179,159 +264,3 @@ def check_seed(value: int | None) -> int | None:
     if value is not None and not SEED_MIN <= value <= SEED_MAX:
         raise ValueError(f"`seed` must be an integer in [{SEED_MIN}, {SEED_MAX}]; got {value}")
     return value
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-    @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
-        return cls(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
-        )
-
-
-class Health(BaseModel):
-    """``GET /health``: the server is up; its models, its cap on ``max_tokens`` and its load."""
-
-    status: Literal["ok"] = "ok"
-    models: list[str]
-    max_tokens_cap: int
-    active: int
-    queued: int
-
-
-class ModelCard(BaseModel):
-    """One entry of ``GET /v1/models``: the base (no ``parent``) or an adapter on it."""
-
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "ina"
-    root: str
-    parent: str | None
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class ChatMessageOut(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: ChatMessageOut
-    logprobs: None = None
-    finish_reason: str
-
-
-class ChatDelta(BaseModel):
-    """What a stream chunk adds to a choice: the role first, then pieces of content, then nothing.
-
-    Only the keys that are set appear (``{}`` on the chunk that carries the ``finish_reason``).
-    """
-
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _set_keys_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {key: value for key, value in handler(self).items() if value is not None}
-
-
-class ChatChunkChoice(BaseModel):
-    index: int
-    delta: ChatDelta
-    logprobs: None = None
-    finish_reason: str | None
-
-
-class TextChoice(BaseModel):
-    index: int
-    text: str
-    logprobs: None = None
-    finish_reason: str | None
-
-
-class _Completion(BaseModel):
-    """The fields every completion response and stream chunk carries (OpenAI's shape)."""
-
-    id: str
-    object: str
-    created: int
-    model: str
-    system_fingerprint: None = None
-
-
-class ChatCompletion(_Completion):
-    object: Literal["chat.completion"] = "chat.completion"
-    choices: list[ChatChoice]
-    usage: Usage
-
-
-class ChatCompletionChunk(_Completion):
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
-
-
-class TextCompletion(_Completion):
-    """A text completion, or (``usage`` left out until the last) one chunk of its stream."""
-
-    object: Literal["text_completion"] = "text_completion"
-    choices: list[TextChoice]
-    usage: Usage | None = None
-
-
-class InstructionCompletion(BaseModel):
-    """``POST /completion``: the seed's answer to one instruction."""
-
-    id: str
-    object: Literal["instruction.completion"] = "instruction.completion"
-    created: int
-    model: str
-    instruction: str
-    input: str
-    response: str
-    finish_reason: str
-    usage: Usage
-
-
-class Attention(BaseModel):
-    """``POST /v1/attention``: per layer, a T×T matrix of head-averaged attention (row i: token i's)."""
-
-    object: Literal["attention"] = "attention"
-    model: str
-    tokens: list[str]
-    token_texts: list[str]
-    layers: list[int]
-    attention: list[list[list[float]]]
-    causal: bool
-    truncated: bool
-    adapter: str | None
-    num_layers: int
-    num_heads: int
-    context_length: int | None
-
-
-def to_json(response: BaseModel) -> dict[str, Any]:
-    """A response as JSON data; a stream chunk without usage leaves the ``usage`` key out, as OpenAI's do."""
-    exclude = {"usage"} if getattr(response, "usage", True) is None else None
-    return response.model_dump(mode="json", exclude=exclude)
-
-
-def new_id(prefix: str) -> str:
-    """An OpenAI-style object id, e.g. ``chatcmpl-3f2a...``."""
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
-
-
-def now() -> int:
-    return int(time.time())

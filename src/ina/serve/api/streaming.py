@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from ina.serve.api import schemas
+from ina.serve.api import responses
 from ina.serve.api.errors import APIError, ClientGone, from_engine
 from ina.serve.engine import Engine, EngineError, Event, SamplingParams
 
 DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
+T = TypeVar("T")
+
+
+async def wait_for(future: concurrent.futures.Future[T], request: Request) -> T:
+    """``future``'s result (e.g. engine work queued between decode steps); if the client goes away first,
+    the future is cancelled (a job not started yet never runs) and ClientGone raised."""
+    waiting = asyncio.wrap_future(future)
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return waiting.result()
+            if await request.is_disconnected():
+                raise ClientGone
+    finally:
+        if not future.done():
+            future.cancel()
 
 
 class Run:
@@ -86,9 +105,9 @@ class Run:
             pass
         return self.texts, [event for event in self.finals if event is not None]
 
-    def usage(self, prompt_tokens: int) -> schemas.Usage:
+    def usage(self, prompt_tokens: int) -> responses.Usage:
         completion = sum(event.completion_tokens for event in self.finals if event is not None)
-        return schemas.Usage.of(prompt_tokens, completion)
+        return responses.Usage.of(prompt_tokens, completion)
 
 
 def finish_reason(event: Event) -> str:
@@ -105,7 +124,7 @@ def sse(chunks: AsyncIterator[BaseModel], run: Run) -> StreamingResponse:
     async def body() -> AsyncIterator[str]:
         try:
             async for item in chunks:
-                yield f"data: {json.dumps(schemas.to_json(item), ensure_ascii=False)}\n\n"
+                yield f"data: {json.dumps(responses.to_json(item), ensure_ascii=False)}\n\n"
         except APIError as error:
             yield f"data: {json.dumps(error.body())}\n\n"
         finally:

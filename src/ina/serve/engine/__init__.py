@@ -6,9 +6,11 @@ No web framework here: the HTTP API (`ina.serve.api`) and benchmarks talk to :cl
     loading.py     base model, tokenizer, adapters and their prompt templates
     prompts.py     model ids and prompt encoding (chat, instruction and raw prompts)
     engine.py      Engine: the public methods
-    scheduler.py   the worker thread: admitting requests, batching, streaming, finishing rows
-    batch.py       forward passes: left-padded prefill, decode steps, merging KV caches
-    sampling.py    greedy and top-p sampling, one seeded generator per row
+    waiting.py     waiting rows, taken round-robin across requests, and the token budget
+    memory.py      the default token budget, from the KV cache's bytes per token and free memory
+    scheduler.py   the worker thread: admitting requests, chunked prefill, batching, streaming, finishing rows
+    batch.py       forward passes: left-padded prefill in chunks, decode steps, merging KV caches
+    sampling.py    logit_bias, penalties, greedy and top-p sampling, one seeded generator per row
     detokenize.py  incremental detokenisation and stop strings (per-token work independent of length)
 """
 
@@ -17,10 +19,13 @@ from ina.serve.engine.types import (
     EngineError,
     Event,
     Generation,
+    OverBudgetError,
     OverloadedError,
     PromptError,
     Result,
     SamplingParams,
+    TooLargeForBudgetError,
+    TooManyRowsError,
     UnknownModelError,
     UnsupportedError,
 )
@@ -30,10 +35,13 @@ __all__ = [
     "EngineError",
     "Event",
     "Generation",
+    "OverBudgetError",
     "OverloadedError",
     "PromptError",
     "Result",
     "SamplingParams",
+    "TooLargeForBudgetError",
+    "TooManyRowsError",
     "UnknownModelError",
     "UnsupportedError",
 ]

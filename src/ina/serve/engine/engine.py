@@ -10,7 +10,7 @@ The decode loop lives in :mod:`~ina.serve.engine.scheduler`, the forward passes 
 from __future__ import annotations
 
 import concurrent.futures
-import queue
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from os import PathLike
@@ -20,20 +20,26 @@ from torch import nn
 
 from ina.foundation.adapters import BASE_ADAPTER
 from ina.foundation.prompts import PromptTemplate
+from ina.serve.engine import memory
 from ina.serve.engine.batch import ModelRunner
 from ina.serve.engine.loading import load
 from ina.serve.engine.prompts import PromptEncoder
+from ina.serve.engine.sampling import SamplingError, check_params
 from ina.serve.engine.scheduler import Job, Scheduler
 from ina.serve.engine.types import (
     Event,
     Generation,
-    OverloadedError,
     PromptError,
     Result,
     SamplingParams,
     Stats,
     UnsupportedError,
 )
+from ina.serve.engine.waiting import Waiting
+
+logger = logging.getLogger("ina.serve")
+PREFILL_CHUNK_TOKENS = 256
+MAX_ATTENTION_QUEUE = 8
 
 
 class Engine:
@@ -46,7 +52,13 @@ class Engine:
         prompt_templates: adapter name -> the prompt template it was trained with (``ina_prompt.json``).
         max_batch_size: rows decoded at once; more requests wait in the queue.
         batch_window_ms: how long an idle worker waits for more requests before starting a batch.
-        max_queue: requests waiting beyond this are refused with :class:`OverloadedError`.
+        max_queue: rows waiting beyond this are refused with :class:`OverloadedError`.
+        token_budget: tokens (each row: its prompt plus ``max_tokens``) that accepted rows may hold at once;
+            None: sized from the memory free at start-up (:mod:`~ina.serve.engine.memory`).
+        max_rows_per_request: rows (``n`` × prompts) one request may ask for; None: ``max_batch_size // 2``.
+            One request never holds more than ``max_batch_size // 2`` batch slots at once.
+        prefill_chunk_tokens: prompt tokens run per forward pass between two decode steps.
+        max_attention_queue: attention maps allowed to wait; more are refused with :class:`OverloadedError`.
     """
 
     def __init__(
@@ -58,6 +70,10 @@ class Engine:
         max_batch_size: int = 32,
         batch_window_ms: float = 5.0,
         max_queue: int = 256,
+        token_budget: int | None = None,
+        max_rows_per_request: int | None = None,
+        prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
+        max_attention_queue: int = MAX_ATTENTION_QUEUE,
     ) -> None:
         from peft import PeftModel
 
@@ -89,6 +105,22 @@ class Engine:
         )
         self._stats = Stats()
         self.runner = ModelRunner(self.model, self.is_peft, self.pad_id, self._stats)
+        embeddings = base.get_output_embeddings()
+        self.vocab_size = int(
+            embeddings.weight.shape[0] if embeddings is not None else getattr(config, "vocab_size", 0)
+        )
+        share = max(1, max_batch_size // 2)
+        if token_budget is None:
+            dtype = next(self.model.parameters()).dtype
+            token_budget = memory.token_budget(config, dtype, self.runner.device)
+            logger.info(
+                "token budget: %d tokens (half the free memory at %d bytes per token; set it with "
+                "--token_budget)",
+                token_budget,
+                memory.kv_bytes_per_token(config, dtype) * memory.OVERHEAD,
+            )
+        self.waiting = Waiting(max_queue, token_budget, max_rows_per_request or share)
+        self.max_attention_queue = max_attention_queue
         self.scheduler = Scheduler(
             self.runner,
             self.prompts.decode,
@@ -96,8 +128,10 @@ class Engine:
             context_length,
             max_batch_size,
             batch_window_ms / 1000.0,
-            max_queue,
+            self.waiting,
             self._stats,
+            prefill_chunk_tokens,
+            share,
         )
 
     @classmethod
@@ -173,6 +207,28 @@ class Engine:
 
     # ----------------------------------------------------------------- requests
 
+    @property
+    def limits(self) -> dict[str, int]:
+        """What this engine accepts: token budget, rows per request, batch, queues, prefill chunk."""
+        return {
+            "token_budget": self.waiting.token_budget,
+            "max_rows_per_request": self.waiting.max_rows_per_request,
+            "max_batch_size": self.scheduler.max_batch_size,
+            "max_queue": self.waiting.max_queue,
+            "max_attention_queue": self.max_attention_queue,
+            "prefill_chunk_tokens": self.scheduler.prefill_chunk_tokens,
+        }
+
+    def check_sampling(self, params: SamplingParams) -> None:
+        """Raise :class:`PromptError` (``param``: the field) for parameters no row can be decoded with.
+
+        :meth:`submit` does not call it: a row with such parameters finishes with an error of its own.
+        """
+        try:
+            check_params(params, self.vocab_size)
+        except SamplingError as error:
+            raise PromptError(str(error), error.param or "sampling", "invalid_value") from None
+
     def submit(
         self,
         model_id: str,
@@ -182,17 +238,38 @@ class Engine:
         tag: Any = None,
     ) -> Generation:
         """Queue one generation; ``on_event`` is called from the worker thread with each :class:`Event`."""
+        return self.submit_many(model_id, [(prompt_ids, params)], on_event, [tag])[0]
+
+    def submit_many(
+        self,
+        model_id: str,
+        jobs: list[tuple[list[int], SamplingParams]],
+        on_event: Callable[[Event], None],
+        tags: list[Any] | None = None,
+    ) -> list[Generation]:
+        """Queue the generations of one request (its ``n`` choices or prompts), all or none.
+
+        ``tags`` (default ``0 .. len(jobs) - 1``) tell their events apart. Raises
+        :class:`~ina.serve.engine.types.TooManyRowsError` or
+        :class:`~ina.serve.engine.types.TooLargeForBudgetError` for a request this engine never accepts,
+        :class:`~ina.serve.engine.types.OverloadedError` (queue full) or
+        :class:`~ina.serve.engine.types.OverBudgetError` (token budget held by others) for one to retry.
+        """
         adapter = self.resolve(model_id)
-        self.check_length(prompt_ids, params.max_tokens, "prompt")
-        generation = Generation(model_id, adapter, list(prompt_ids), params, on_event, tag)
+        for prompt_ids, params in jobs:
+            self.check_length(prompt_ids, params.max_tokens, "prompt")
+        tags = list(range(len(jobs))) if tags is None else tags
+        generations: list[Generation] = []
+        for (prompt_ids, params), tag in zip(jobs, tags, strict=True):
+            request = generations[0].id if generations else None
+            generations.append(
+                Generation(model_id, adapter, list(prompt_ids), params, on_event, tag, request)
+            )
+        if not generations:
+            return []
         self.start()
-        try:
-            self.scheduler.queue.put_nowait(generation)
-        except queue.Full:
-            raise OverloadedError(
-                f"the server is busy ({self.scheduler.queue.maxsize} requests waiting); retry later"
-            ) from None
-        return generation
+        self.waiting.put(generations)
+        return generations
 
     def generate(
         self, model_id: str, prompt_ids: list[int], params: SamplingParams, timeout: float | None = None
@@ -234,7 +311,9 @@ class Engine:
         Runs on the worker thread between decode steps. The future raises :class:`PromptError` for a
         layer that does not exist, an unusable text or one longer than ``max_tokens`` tokens (the answer
         holds layers × tokens² numbers), :class:`UnsupportedError` when the model cannot return attention
-        weights; an unknown ``model_id`` raises at once.
+        weights; an unknown ``model_id`` raises at once, and so does :class:`OverloadedError` when
+        ``max_attention_queue`` maps wait. Cancel the future when the client leaves: a map not started yet
+        is never computed.
         """
         from ina.foundation.attention import (
             AttentionUnavailableError,
@@ -275,19 +354,30 @@ class Engine:
             except AttentionUnavailableError as error:
                 raise UnsupportedError(str(error), "model", "attention_unavailable") from None
 
-        return self.run_exclusive(job)
+        return self.run_exclusive(job, limit=self.max_attention_queue)
 
-    def run_exclusive(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-        """Run ``fn`` on the worker thread between decode steps (nothing else touches the model meanwhile)."""
+    def run_exclusive(
+        self, fn: Callable[[], Any], limit: int | None = None
+    ) -> concurrent.futures.Future[Any]:
+        """Run ``fn`` on the worker thread between decode steps (nothing else touches the model meanwhile).
+
+        One job runs per decode step. With ``limit``, :class:`OverloadedError` if ``limit`` jobs so added
+        wait already. Cancelling the future before the job starts means it never runs.
+        """
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.start()
-        self.scheduler.add_job(Job(fn, future))
+        self.scheduler.add_job(Job(fn, future), limit)
         return future
 
     def stats(self) -> dict[str, int]:
-        """Counters: active rows, queued requests, steps and the largest batch (rows, adapters) so far."""
+        """Counters: active, prefilling and queued rows, tokens reserved, attention maps waiting, steps,
+        and the largest batch (rows, adapters) so far."""
         return self._stats.snapshot(
-            active_rows=self.scheduler.active_rows, queued=self.scheduler.queue.qsize()
+            active_rows=self.scheduler.active_rows,
+            prefilling=self.scheduler.prefilling_rows,
+            queued=len(self.waiting),
+            reserved_tokens=self.waiting.reserved,
+            attention_queued=self.scheduler.limited_jobs,
         )
 
     # ----------------------------------------------------------------- worker

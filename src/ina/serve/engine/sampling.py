@@ -1,7 +1,9 @@
 """Choosing each row's next token: greedy for temperature 0, else top-p sampling with the row's own seed.
 
-Rows are independent: a row whose sampling fails (parameters no request can send through the API, a
-non-finite distribution) gets a :class:`SamplingError` in its place; the other rows get their tokens.
+Before either, a row's ``logit_bias`` and its frequency and presence penalties (OpenAI's semantics, see
+:class:`~ina.serve.engine.types.SamplingParams`) adjust its logits. Rows are independent: a row whose
+sampling fails (parameters no request can send through the API, a non-finite distribution) gets a
+:class:`SamplingError` in its place; the other rows get their tokens.
 """
 
 from __future__ import annotations
@@ -15,43 +17,122 @@ from ina.serve.engine.types import SamplingParams
 
 GREEDY_BELOW = 1e-5  # temperatures under this are greedy (dividing by them would overflow)
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
+PENALTY_RANGE = (-2.0, 2.0)  # OpenAI's range for frequency_penalty and presence_penalty
+BIAS_RANGE = (-100.0, 100.0)  # OpenAI's range for each logit_bias value
 
 
 class SamplingError(ValueError):
-    """One row's next token cannot be sampled; the message names the parameter or the cause."""
+    """One row's next token cannot be sampled; the message names the parameter (``param``) or the cause."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
-def check_params(params: SamplingParams) -> None:
-    """Raise :class:`SamplingError` naming the first parameter no row can be decoded with."""
-    if not math.isfinite(params.temperature) or params.temperature < 0:
-        raise SamplingError(f"`temperature` must be a finite number >= 0; got {params.temperature!r}")
+def _number_in(value: object, low: float, high: float) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
+    )  # NaN: False
+
+
+def check_params(params: SamplingParams, vocab_size: int | None = None) -> None:
+    """Raise :class:`SamplingError` naming the first parameter no row can be decoded with.
+
+    ``vocab_size``: the model's, to check ``logit_bias``'s token ids (not checked when None).
+    """
+    if not _number_in(params.temperature, 0.0, math.inf) or math.isinf(params.temperature):
+        raise SamplingError(
+            f"`temperature` must be a finite number >= 0; got {params.temperature!r}", "temperature"
+        )
     if not (0.0 < params.top_p <= 1.0):  # False for NaN too
-        raise SamplingError(f"`top_p` must be in (0, 1]; got {params.top_p!r}")
+        raise SamplingError(f"`top_p` must be in (0, 1]; got {params.top_p!r}", "top_p")
     check_seed(params.seed)
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = getattr(params, name)
+        if not _number_in(value, *PENALTY_RANGE):
+            raise SamplingError(f"`{name}` must be a number in [-2, 2]; got {value!r}", name)
+    for token, bias in (params.logit_bias or {}).items():
+        if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+            raise SamplingError(
+                f"`logit_bias` keys must be token ids (integers >= 0); got {token!r}", "logit_bias"
+            )
+        if vocab_size is not None and token >= vocab_size:
+            raise SamplingError(
+                f"`logit_bias` keys must be token ids below the vocabulary size {vocab_size}; got {token}",
+                "logit_bias",
+            )
+        if not _number_in(bias, *BIAS_RANGE):
+            raise SamplingError(
+                f"`logit_bias` values must be numbers in [-100, 100]; got {bias!r} for token {token}",
+                "logit_bias",
+            )
 
 
 def check_seed(seed: int | None) -> None:
     """Raise :class:`SamplingError` for a seed a ``torch.Generator`` refuses."""
     if seed is not None and not (isinstance(seed, int) and SEED_MIN <= seed <= SEED_MAX):
-        raise SamplingError(f"`seed` must be an integer in [{SEED_MIN}, {SEED_MAX}]; got {seed!r}")
+        raise SamplingError(f"`seed` must be an integer in [{SEED_MIN}, {SEED_MAX}]; got {seed!r}", "seed")
+
+
+class Adjustment:
+    """One row's ``logit_bias`` and penalties as dense (V,) tensors: per-token work O(V), whatever the length."""
+
+    def __init__(self, params: SamplingParams, vocab_size: int) -> None:
+        check_params(params, vocab_size)
+        self.frequency, self.presence = float(params.frequency_penalty), float(params.presence_penalty)
+        self.bias: torch.Tensor | None = None  # (V,)
+        if params.logit_bias:
+            self.bias = torch.zeros(vocab_size, dtype=torch.float64)
+            tokens = torch.tensor(list(params.logit_bias), dtype=torch.long)
+            self.bias[tokens] = torch.tensor(list(params.logit_bias.values()), dtype=torch.float64)
+        self.counts = (
+            torch.zeros(vocab_size, dtype=torch.float64) if self.frequency or self.presence else None
+        )
+
+    @staticmethod
+    def needed(params: SamplingParams) -> bool:
+        return bool(params.logit_bias) or bool(params.frequency_penalty) or bool(params.presence_penalty)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` (V,) + bias - count · frequency_penalty - [count > 0] · presence_penalty, in float64."""
+        adjusted = logits.detach().cpu().double()
+        if self.bias is not None:
+            adjusted = adjusted + self.bias
+        if self.counts is not None:
+            adjusted = adjusted - self.counts * self.frequency - (self.counts > 0).double() * self.presence
+        return adjusted
+
+    def observe(self, token: int) -> None:
+        """The row generated ``token``."""
+        if self.counts is not None and 0 <= token < self.counts.numel():
+            self.counts[token] += 1
 
 
 def next_tokens(
-    logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator]
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator],
+    adjustments: Sequence[Adjustment | None] | None = None,
 ) -> list[int | SamplingError]:
     """The next token of every row of ``logits`` (B, V), row ``i`` decoded with ``params[i]``.
 
+    ``adjustments[i]``: row ``i``'s bias and penalties (see :class:`Adjustment`), or None.
     A row that cannot be sampled gets its :class:`SamplingError` instead of a token.
     """
     greedy = logits.argmax(dim=-1).tolist()  # (B,)
+    vocab_size = logits.shape[-1]
     tokens: list[int | SamplingError] = []
     for i, (row_params, generator) in enumerate(zip(params, generators, strict=True)):
         try:
-            check_params(row_params)
+            check_params(row_params, vocab_size)
+            adjustment = adjustments[i] if adjustments is not None else None
+            if adjustment is None and Adjustment.needed(row_params):
+                adjustment = Adjustment(row_params, vocab_size)
+            row = logits[i] if adjustment is None else adjustment.apply(logits[i])  # (V,)
             if row_params.temperature <= GREEDY_BELOW:
-                tokens.append(greedy[i])
+                tokens.append(greedy[i] if adjustment is None else int(row.argmax()))
             else:
-                tokens.append(sample(logits[i], row_params, generator))
+                tokens.append(sample(row, row_params, generator))
         except Exception as error:  # this row only
             tokens.append(error if isinstance(error, SamplingError) else SamplingError(f"{error}"))
     return tokens

@@ -85,7 +85,7 @@ async function loadModels() {
   state.models = data.data;
   const select = $("model-select");
   const previous = select.value;
-  select.innerHTML = "";
+  select.replaceChildren();
   const checks = $("compare-models");
   checks.querySelectorAll("label").forEach((l) => l.remove());
   for (const model of state.models) {
@@ -93,9 +93,15 @@ async function loadModels() {
     option.value = model.id;
     option.textContent = model.parent ? `${model.id} (adapter)` : `${model.id} (base)`;
     select.appendChild(option);
+    // Model ids come from the operator (--base_model_id, folder names): text only, never HTML.
     const label = document.createElement("label");
-    label.innerHTML = `<input type="checkbox" checked value="${model.id}"> <span></span>`;
-    label.querySelector("span").textContent = model.id;
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.checked = true;
+    box.value = model.id;
+    const name = document.createElement("span");
+    name.textContent = model.id;
+    label.append(box, " ", name);
     checks.appendChild(label);
   }
   if (previous && state.models.some((m) => m.id === previous)) select.value = previous;
@@ -178,7 +184,7 @@ async function sendCompare(event) {
   if (!text) return;
   const models = [...$("compare-models").querySelectorAll("input:checked")].map((i) => i.value);
   const grid = $("compare-grid");
-  grid.innerHTML = "";
+  grid.replaceChildren();
   grid.style.setProperty("--columns", Math.max(1, models.length));
   $("compare-send").disabled = true;
   const runs = models.map(async (model) => {
@@ -249,7 +255,7 @@ async function showAttention() {
   const layer = parseInt($("attention-layer").value, 10) || -1;
   const models = [...$("compare-models").querySelectorAll("input:checked")].map((i) => i.value);
   const grid = $("attention-grid");
-  grid.innerHTML = "";
+  grid.replaceChildren();
   grid.style.setProperty("--columns", Math.max(1, models.length));
   $("compare-attention").disabled = true;
   const results = await Promise.all(models.map((model) => fetchAttention(model, text, layer).catch((e) => e)));
@@ -305,7 +311,7 @@ function init() {
   $("chat-stop").addEventListener("click", () => state.chatAbort && state.chatAbort.abort());
   $("chat-clear").addEventListener("click", () => {
     state.history = [];
-    $("messages").innerHTML = "";
+    $("messages").replaceChildren();
   });
   $("compare-form").addEventListener("submit", sendCompare);
   $("compare-attention").addEventListener("click", showAttention);
