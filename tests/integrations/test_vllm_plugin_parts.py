@@ -102,8 +102,10 @@ def test_one_slot_batches_take_the_unindexed_path_with_the_same_result() -> None
 def test_rows_by_slot() -> None:
     assert rows_by_slot(torch.tensor([-1, -1])) == {-1: None}
     rows = rows_by_slot(torch.tensor([1, -1, 0, 1]))
-    assert set(rows) == {-1, 0, 1} and rows[1].tolist() == [0, 3] and rows[0].tolist() == [2]
-    assert rows[-1].tolist() == [1]
+    assert set(rows) == {-1, 0, 1}  # a (T, 1) mask of each slot's rows
+    assert rows[1].squeeze(1).tolist() == [True, False, False, True]
+    assert rows[0].squeeze(1).tolist() == [False, False, True, False]
+    assert rows[-1].squeeze(1).tolist() == [False, True, False, False]
 
 
 def test_base_rows_are_cleared() -> None:
