@@ -193,6 +193,15 @@ CASES: list[Case] = [
     Case("serve-device-absent", "serve --base_model {base} --device cuda:99", "--device"),
     Case("serve-base-missing", "serve --base_model {missing}", "--base_model"),
     Case("serve-max-batch-size-0", "serve --base_model {base} --max_batch_size 0", "--max_batch_size"),
+    Case("serve-batch-window-nan", "serve --base_model {base} --batch_window_ms nan", "--batch_window_ms"),
+    Case("serve-batch-window-inf", "serve --base_model {base} --batch_window_ms inf", "--batch_window_ms"),
+    Case("serve-batch-window-1e9", "serve --base_model {base} --batch_window_ms 1e9", "--batch_window_ms"),
+    Case("serve-api-key-blank", "serve --base_model {base} --api_key {blank}", "--api_key"),
+    Case("serve-token-budget-0", "serve --base_model {base} --token_budget 0", "--token_budget"),
+    Case("serve-rows-per-request-text", "serve --base_model {base} --max_rows_per_request many",
+         "--max_rows_per_request"),
+    Case("serve-timeout-header-nan", "serve --base_model {base} --timeout_header nan", "--timeout_header"),
+    Case("serve-max-connections-0", "serve --base_model {base} --max_connections 0", "--max_connections"),
     # ina viz
     Case("viz-attention-adapter-truncated", "viz attention --base_model {base} --adapter a={truncated} --text hi --out {out}", "--adapter"),
     Case("viz-attention-adapter-missing", "viz attention --base_model {base} --adapter a={missing} --text hi --out {out}", "--adapter"),
@@ -333,7 +342,7 @@ def _build_fixtures(root: Path) -> dict[str, str]:
     paths["bad_state_run"] = root / "bad-state-run"
     paths["bad_state_run"].mkdir()
     (paths["bad_state_run"] / "trainer_state.json").write_text("{not json")
-    return {key: str(value) for key, value in paths.items()}
+    return {**{key: str(value) for key, value in paths.items()}, "blank": " \t "}  # blank: whitespace only
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:

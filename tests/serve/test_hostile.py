@@ -468,3 +468,37 @@ def test_head_is_answered_wherever_get_is(live: LiveServer) -> None:
         assert reply.status_code == 200 and reply.content == b"", (path, reply.status_code)
         assert int(reply.headers["content-length"]) > 0
     assert httpx.head(f"{live.url}/v1/completions").status_code == 405
+
+
+def test_the_token_budget_over_http_is_a_400_beyond_itself_and_a_503_while_held(serve_files: Any) -> None:
+    """Issue 24.2 over HTTP: a request larger than the whole budget is a 400 naming `max_tokens`; one that
+    fits but not beside a request in progress is a 503 with `Retry-After`, and is served once that one is
+    done. Mutation: `Waiting.put` without its budget checks (both requests are accepted)."""
+    from ina.serve.api import create_app
+    from ina.serve.engine import Engine
+    from ina.serve.settings import ServeSettings
+    from tests.serve.engine_helpers import held
+
+    engine = Engine.load(serve_files.base, serve_files.adapters, dtype="float32", token_budget=100)
+    engine.start()
+    settings = ServeSettings(base_model=str(serve_files.base), adapters=serve_files.adapters, api_key="")
+    url = "/v1/completions"
+    try:
+        with LiveServer(create_app(engine, settings)) as server, ThreadPoolExecutor(1) as pool:
+            too_big = {"model": "ina03", "prompt": "hi", "max_tokens": 200}
+            error = _error(httpx.post(f"{server.url}{url}", json=too_big, timeout=30), 400)
+            assert (error["param"], error["code"]) == ("max_tokens", "exceeds_token_budget"), error
+            assert "token budget of 100 (--token_budget)" in error["message"], error
+            body = {"model": "ina03", "prompt": "hi", "max_tokens": 60, "temperature": 0}
+            with held(engine):
+                first = pool.submit(httpx.post, f"{server.url}{url}", json=body, timeout=60)
+                deadline = time.monotonic() + 30
+                while engine.stats()["reserved_tokens"] == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)  # until the first request holds its part of the budget
+                refused = httpx.post(f"{server.url}{url}", json=body, timeout=30)
+                assert refused.headers.get("retry-after") == "1", refused.headers
+                assert _error(refused, 503)["code"] == "token_budget_full"
+            assert first.result(60).status_code == 200
+            assert httpx.post(f"{server.url}{url}", json=body, timeout=60).status_code == 200
+    finally:
+        engine.shutdown()
