@@ -198,6 +198,7 @@ CASES: list[Case] = [
     Case("serve-batch-window-1e9", "serve --base_model {base} --batch_window_ms 1e9", "--batch_window_ms"),
     Case("serve-api-key-blank", "serve --base_model {base} --api_key {blank}", "--api_key"),
     Case("serve-token-budget-0", "serve --base_model {base} --token_budget 0", "--token_budget"),
+    Case("serve-prefill-chunk-0", "serve --base_model {base} --prefill_chunk_tokens 0", "--prefill_chunk_tokens"),
     Case("serve-rows-per-request-text", "serve --base_model {base} --max_rows_per_request many",
          "--max_rows_per_request"),
     Case("serve-timeout-header-nan", "serve --base_model {base} --timeout_header nan", "--timeout_header"),

@@ -22,11 +22,15 @@ def test_ina_serve_process_answers_and_stops(serve_files: Any) -> None:
     command = [sys.executable, "-m", "ina", "serve", "--base_model", str(serve_files.base)]
     command += ["--adapter", f"ina03={serve_files.adapters['ina03']}", "--port", str(port)]
     command += ["--api_key", "k3y", "--num_threads", "1", "--log_level", "warning", "--max_tokens_cap", "32"]
+    limits = {"token_budget": 5000, "max_rows_per_request": 3, "prefill_chunk_tokens": 64, "max_queue": 9}
+    command += [word for key, value in limits.items() for word in (f"--{key}", str(value))]
     env = {**os.environ, "INA_API_KEY": ""}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(url, process, timeout=90)
+        health = httpx.get(f"{url}/health").json()  # the flags reach the engine
+        assert {key: health["limits"][key] for key in limits} == limits, health
         models = httpx.get(f"{url}/v1/models", headers={"authorization": "Bearer k3y"}).json()
         assert [m["id"] for m in models["data"]] == ["tiny-llama", "ina03"]
         body = {"model": "ina03", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}

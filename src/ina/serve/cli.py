@@ -128,6 +128,11 @@ def _run(settings: ServeSettings) -> int:
 
     sock = listen(settings.host, settings.port)  # UsageError: exit 2, before the model loads
     port = sock.getsockname()[1]
+    chunk = (
+        {}
+        if settings.prefill_chunk_tokens is None
+        else {"prefill_chunk_tokens": settings.prefill_chunk_tokens}
+    )
     try:
         engine = Engine.load(
             str(settings.base_model),
@@ -140,6 +145,7 @@ def _run(settings: ServeSettings) -> int:
             max_queue=settings.max_queue,
             max_rows_per_request=settings.max_rows_per_request,
             token_budget=settings.token_budget,
+            **chunk,
         )
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         from ina.core.loading import AdapterFileError

@@ -71,6 +71,11 @@ class ServeSettings:
     max_rows_per_request: int | None = _option(
         None, "completions (n × prompts) one request may ask for (default: half of --max_batch_size)"
     )
+    prefill_chunk_tokens: int | None = _option(
+        None,
+        "prompt tokens run per forward pass between two decode steps (default 256): smaller keeps running "
+        "streams smoother under a long prompt, larger gives that prompt its first token sooner",
+    )
     token_budget: int | None = _option(
         None,
         "tokens (each completion: prompt + max_tokens) accepted requests may hold at once; more waits or gets "
@@ -157,6 +162,7 @@ class ServeSettings:
             )
         for field, default in (
             ("max_rows_per_request", "half of --max_batch_size"),
+            ("prefill_chunk_tokens", "the engine's 256"),
             ("token_budget", "from free memory"),
         ):
             value = getattr(self, field)

@@ -25,13 +25,15 @@ class Usage(BaseModel):
 
 
 class Health(BaseModel):
-    """``GET /health``: the server is up; its models, its cap on ``max_tokens`` and its load."""
+    """``GET /health``: the server is up; its models, its cap on ``max_tokens``, its load and its limits
+    (token budget, rows per request, batch, queues, prefill chunk: ``Engine.limits``)."""
 
     status: Literal["ok"] = "ok"
     models: list[str]
     max_tokens_cap: int
     active: int
     queued: int
+    limits: dict[str, int]
 
 
 class ModelCard(BaseModel):

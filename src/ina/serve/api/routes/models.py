@@ -20,6 +20,7 @@ async def health(engine: EngineDep, settings: SettingsDep) -> responses.Health:
         max_tokens_cap=settings.max_tokens_cap,
         active=stats["active_rows"],
         queued=stats["queued"],
+        limits=engine.limits,
     )
 
 
