@@ -5,6 +5,7 @@ here failed against the code before its fix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -116,6 +117,21 @@ def test_a_slow_but_steady_request_still_answers(strict: LiveServer) -> None:
 # ---------------------------------------------------------------- the connection bound
 
 
+@contextlib.contextmanager
+def _unfinished_heads(port: int, count: int) -> Iterator[list[socket.socket]]:
+    """``count`` connections that send part of a request head and never the rest; all closed after."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(HEAD)
+            socks.append(sock)
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_a_flood_of_slow_connections_leaves_health_reachable(
     strict: LiveServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -123,12 +139,7 @@ def test_a_flood_of_slow_connections_leaves_health_reachable(
     saying why), /health answers at once throughout, and the log gets one line, not one per connection."""
     before = dict(strict.events.counts)
     caplog.set_level(logging.WARNING, logger="ina.serve")
-    socks = []
-    try:
-        for _ in range(60):
-            sock = socket.create_connection(("127.0.0.1", strict.port))
-            sock.sendall(HEAD)
-            socks.append(sock)
+    with _unfinished_heads(strict.port, 60) as socks:
         probes = [_health_s(strict.url) for _ in range(5)]
         assert max(probes) < 2.0, probes
         # the oldest 44 are shed: each one the server had read from gets the 503 saying why (one it had not
@@ -142,9 +153,6 @@ def test_a_flood_of_slow_connections_leaves_health_reachable(
             for status, error in said
             if status == 503 and error["code"] == "too_many_connections"
         ), said
-    finally:
-        for sock in socks:
-            sock.close()
     shed = strict.events.counts.get("shed", 0) - before.get("shed", 0)
     assert shed >= 60 - 16, strict.events.counts
     lines = [r for r in caplog.records if "--max_connections" in r.getMessage()]
@@ -199,17 +207,9 @@ def low_limit(serve_files: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def test_ina_serve_under_a_low_file_limit_keeps_connections_below_it(low_limit: Process) -> None:
     """The real process with 256 open files allowed and 400 slow clients: before, accept() failed with
     "Too many open files" (a traceback per attempt in the log, 32 MB in 12 s) and /health was unreachable."""
-    socks = []
-    try:
-        for _ in range(400):
-            sock = socket.create_connection(("127.0.0.1", low_limit.port))
-            sock.sendall(HEAD)
-            socks.append(sock)
+    with _unfinished_heads(low_limit.port, 400):
         probes = [_health_s(low_limit.url) for _ in range(5)]
         assert max(probes) < 2.0, probes
-    finally:
-        for sock in socks:
-            sock.close()
     output = low_limit.log.read_text()
     assert "Too many open files" not in output and "Traceback" not in output, output[-2000:]
     assert "at most 160 connections" in output, output[:500]  # 256 - 64 kept - a backlog of 32

@@ -128,11 +128,6 @@ def _run(settings: ServeSettings) -> int:
 
     sock = listen(settings.host, settings.port)  # UsageError: exit 2, before the model loads
     port = sock.getsockname()[1]
-    chunk = (
-        {}
-        if settings.prefill_chunk_tokens is None
-        else {"prefill_chunk_tokens": settings.prefill_chunk_tokens}
-    )
     try:
         engine = Engine.load(
             str(settings.base_model),
@@ -145,7 +140,7 @@ def _run(settings: ServeSettings) -> int:
             max_queue=settings.max_queue,
             max_rows_per_request=settings.max_rows_per_request,
             token_budget=settings.token_budget,
-            **chunk,
+            prefill_chunk_tokens=settings.prefill_chunk_tokens,
         )
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         from ina.core.loading import AdapterFileError

@@ -57,7 +57,8 @@ class Engine:
             None: sized from the memory free at start-up (:mod:`~ina.serve.engine.memory`).
         max_rows_per_request: rows (``n`` × prompts) one request may ask for; None: ``max_batch_size // 2``.
             One request never holds more than ``max_batch_size // 2`` batch slots at once.
-        prefill_chunk_tokens: prompt tokens run per forward pass between two decode steps.
+        prefill_chunk_tokens: prompt tokens run per forward pass between two decode steps; None:
+            ``PREFILL_CHUNK_TOKENS`` (256).
         max_attention_queue: attention maps allowed to wait; more are refused with :class:`OverloadedError`.
     """
 
@@ -72,7 +73,7 @@ class Engine:
         max_queue: int = 256,
         token_budget: int | None = None,
         max_rows_per_request: int | None = None,
-        prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
+        prefill_chunk_tokens: int | None = None,
         max_attention_queue: int = MAX_ATTENTION_QUEUE,
     ) -> None:
         from peft import PeftModel
@@ -130,7 +131,7 @@ class Engine:
             batch_window_ms / 1000.0,
             self.waiting,
             self._stats,
-            prefill_chunk_tokens,
+            PREFILL_CHUNK_TOKENS if prefill_chunk_tokens is None else prefill_chunk_tokens,
             share,
         )
 
