@@ -132,29 +132,53 @@ def _unfinished_heads(port: int, count: int) -> Iterator[list[socket.socket]]:
             sock.close()
 
 
+@pytest.fixture
+def crowded(engine: Any, serve_files: Any) -> Iterator[LiveServer]:
+    """A server with room for 16 connections and read deadlines far beyond a test's length."""
+    from ina.serve.api import create_app
+    from ina.serve.settings import ServeSettings
+
+    settings = ServeSettings(
+        base_model=str(serve_files.base),
+        adapters=serve_files.adapters,
+        api_key="",
+        max_connections=16,
+        timeout_header=60,
+    )
+    with LiveServer(create_app(engine, settings)) as server:
+        yield server
+
+
+def _read_by(server: LiveServer, count: int, timeout: float = 30.0) -> None:
+    """Wait until the server has read part of a request head on ``count`` open connections."""
+    deadline = time.time() + timeout
+    while sum(1 for c in list(server.server.server_state.connections) if getattr(c, "received", 0)) < count:
+        assert time.time() < deadline, server.server.server_state.connections
+        time.sleep(0.01)
+
+
 def test_a_flood_of_slow_connections_leaves_health_reachable(
-    strict: LiveServer, caplog: pytest.LogCaptureFixture
+    crowded: LiveServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """60 connections that never finish their head against room for 16: the oldest are closed (a 503
-    saying why), /health answers at once throughout, and the log gets one line, not one per connection."""
-    before = dict(strict.events.counts)
+    saying why), /health answers at once throughout, and the log gets one line, not one per connection.
+
+    The first 16 are read by the server before the other 44 come, so that the ones it sheds first are ones
+    it has read from (a connection it sheds before reading anything from it is closed without an answer:
+    on a loaded machine, a burst of 60 is accepted before any is read)."""
     caplog.set_level(logging.WARNING, logger="ina.serve")
-    with _unfinished_heads(strict.port, 60) as socks:
-        probes = [_health_s(strict.url) for _ in range(5)]
-        assert max(probes) < 2.0, probes
-        # the oldest 44 are shed: each one the server had read from gets the 503 saying why (one it had not
-        # read yet, on a loaded machine, is closed as a silent connection, or may reach its 0.6 s deadline)
-        said = [_answer(data) for sock in socks[: 60 - 16] if (data := _read_all(sock, timeout=5))]
-        codes = [error["code"] for _, error in said]
-        assert "too_many_connections" in codes, said
-        assert set(codes) <= {"too_many_connections", "request_timeout"}, said
-        assert all(
-            "--max_connections" in error["message"]
-            for status, error in said
-            if status == 503 and error["code"] == "too_many_connections"
-        ), said
-    shed = strict.events.counts.get("shed", 0) - before.get("shed", 0)
-    assert shed >= 60 - 16, strict.events.counts
+    with _unfinished_heads(crowded.port, 16) as first:
+        _read_by(crowded, 16)
+        with _unfinished_heads(crowded.port, 44):
+            probes = [_health_s(crowded.url) for _ in range(5)]
+            assert max(probes) < 2.0, probes
+            said = [_answer(_read_all(sock, timeout=10)) for sock in first]
+    assert {status for status, _ in said} == {503}, said
+    assert all(
+        error["code"] == "too_many_connections" and "--max_connections" in error["message"]
+        for _, error in said
+    ), said
+    assert crowded.events.counts.get("shed", 0) >= 60 - 16, crowded.events.counts
     lines = [r for r in caplog.records if "--max_connections" in r.getMessage()]
     assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]
 
