@@ -1,4 +1,5 @@
-"""Helpers for engine tests: a tiny engine, holding its worker between steps, collecting events."""
+"""Helpers for serve tests: a tiny engine, holding its worker between steps, collecting events, a live
+server on an engine."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 
 from ina.serve.engine import Engine, Event, Generation
+from ina.serve.server import LiveServer
 
 TIMEOUT = 60  # seconds any wait may take on a loaded 2-core machine before a test fails
 
@@ -42,6 +44,23 @@ def held(engine: Engine) -> Iterator[None]:
     finally:
         gate.set()
         future.result(TIMEOUT)
+
+
+@contextlib.contextmanager
+def live_server(engine: Engine, serve_files: Any, **settings: Any) -> Iterator[LiveServer]:
+    """The HTTP API on ``engine`` in a live server: ``serve_files``' base and adapters, no API key, and
+    ``settings`` for the rest (or instead of those)."""
+    from ina.serve.api import create_app
+    from ina.serve.settings import ServeSettings
+
+    values = {
+        "base_model": str(serve_files.base),
+        "adapters": serve_files.adapters,
+        "api_key": "",
+        **settings,
+    }
+    with LiveServer(create_app(engine, ServeSettings(**values))) as server:
+        yield server
 
 
 class Events:

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from ina.serve.engine import SamplingParams
-from ina.serve.server import LiveServer
+from tests.serve.engine_helpers import live_server
 
 
 def test_models_lists_base_and_adapters(client: openai.OpenAI) -> None:
@@ -209,13 +209,7 @@ def test_malformed_json_oversized_body_unknown_route(server: object) -> None:
 
 
 def test_api_key_guards_every_route_but_health(engine: object, serve_files: object) -> None:
-    from ina.serve.api import create_app
-    from ina.serve.settings import ServeSettings
-
-    settings = ServeSettings(
-        base_model=str(serve_files.base), adapters=serve_files.adapters, api_key="s3cret"
-    )
-    with LiveServer(create_app(engine, settings)) as live:
+    with live_server(engine, serve_files, api_key="s3cret") as live:  # type: ignore[arg-type]
         assert httpx.get(f"{live.url}/health").status_code == 200
         assert _error(httpx.get(f"{live.url}/v1/models"), 401)["code"] == "invalid_api_key"
         wrong = {"authorization": "Bearer nope"}

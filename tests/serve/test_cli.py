@@ -131,15 +131,10 @@ def test_without_adapters_it_says_what_it_serves(tmp_path: Path) -> None:
 
 
 def test_unserved_model_404_says_why(engine: Any, serve_files: Any) -> None:
-    from ina.serve.api import create_app
-    from ina.serve.server import LiveServer
-    from ina.serve.settings import ServeSettings
+    from tests.serve.engine_helpers import live_server
 
     why = "serving the base model alone: no --adapter was given and /somewhere holds no outputs/..."
-    settings = ServeSettings(
-        base_model=str(serve_files.base), adapters={}, api_key="", unserved={"ina-finetune-smollm2": why}
-    )
-    with LiveServer(create_app(engine, settings)) as live:
+    with live_server(engine, serve_files, adapters={}, unserved={"ina-finetune-smollm2": why}) as live:
         body = {"model": "ina-finetune-smollm2", "messages": [{"role": "user", "content": "hi"}]}
         for reply in (
             httpx.post(f"{live.url}/v1/chat/completions", json=body),

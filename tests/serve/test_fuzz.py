@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from ina.serve.server import LiveServer
+from tests.serve.engine_helpers import live_server
 
 OPERATIONS = [
     ("GET", "/health"),
@@ -43,19 +44,14 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def fuzz_server(engine: Any, serve_files: Any) -> Iterator[LiveServer]:
-    from ina.serve.api import create_app
-    from ina.serve.settings import ServeSettings
-
-    limits = ServeSettings(
-        base_model=str(serve_files.base),
-        adapters=serve_files.adapters,
-        api_key="",
+    with live_server(
+        engine,
+        serve_files,
         max_tokens_cap=6,  # each accepted request decodes a few tokens at most
         max_queue=12,  # n × prompts beyond this is a 400
         max_body_bytes=20_000,
         max_attention_tokens=12,
-    )
-    with LiveServer(create_app(engine, limits)) as live:
+    ) as live:
         yield live
 
 

@@ -21,6 +21,7 @@ import torch
 
 from ina.serve.engine import SamplingParams
 from ina.serve.server import LiveServer
+from tests.serve.engine_helpers import live_server
 
 SEED_RANGE = "[-9223372036854775808, 18446744073709551615]"
 CHAT = {"model": "ina03", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -262,13 +263,7 @@ def test_too_many_rows_in_one_request_is_400_not_503(live: LiveServer, engine: A
 
 
 def test_bearer_scheme_is_case_insensitive(engine: Any, serve_files: Any) -> None:
-    from ina.serve.api import create_app
-    from ina.serve.settings import ServeSettings
-
-    settings = ServeSettings(
-        base_model=str(serve_files.base), adapters=serve_files.adapters, api_key="s3cret"
-    )
-    with LiveServer(create_app(engine, settings)) as server:
+    with live_server(engine, serve_files, api_key="s3cret") as server:
         for header in ("Bearer s3cret", "bearer s3cret", "BEARER s3cret", "beaRer   s3cret"):
             reply = httpx.get(f"{server.url}/v1/models", headers={"authorization": header})
             assert reply.status_code == 200, (header, reply.text)
@@ -474,17 +469,14 @@ def test_the_token_budget_over_http_is_a_400_beyond_itself_and_a_503_while_held(
     """Issue 24.2 over HTTP: a request larger than the whole budget is a 400 naming `max_tokens`; one that
     fits but not beside a request in progress is a 503 with `Retry-After`, and is served once that one is
     done. Mutation: `Waiting.put` without its budget checks (both requests are accepted)."""
-    from ina.serve.api import create_app
     from ina.serve.engine import Engine
-    from ina.serve.settings import ServeSettings
     from tests.serve.engine_helpers import held
 
     engine = Engine.load(serve_files.base, serve_files.adapters, dtype="float32", token_budget=100)
     engine.start()
-    settings = ServeSettings(base_model=str(serve_files.base), adapters=serve_files.adapters, api_key="")
     url = "/v1/completions"
     try:
-        with LiveServer(create_app(engine, settings)) as server, ThreadPoolExecutor(1) as pool:
+        with live_server(engine, serve_files) as server, ThreadPoolExecutor(1) as pool:
             too_big = {"model": "ina03", "prompt": "hi", "max_tokens": 200}
             error = _error(httpx.post(f"{server.url}{url}", json=too_big, timeout=30), 400)
             assert (error["param"], error["code"]) == ("max_tokens", "exceeds_token_budget"), error

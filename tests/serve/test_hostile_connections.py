@@ -25,27 +25,15 @@ import httpx
 import pytest
 
 from ina.serve.server import LiveServer, free_port, wait_until_healthy
+from tests.serve.engine_helpers import live_server
 
 HEAD = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"  # a request head that never ends
-
-
-@contextlib.contextmanager
-def _server(engine: Any, serve_files: Any, **limits: Any) -> Iterator[LiveServer]:
-    """A live server on the test's engine and adapters, with ``limits`` as its settings."""
-    from ina.serve.api import create_app
-    from ina.serve.settings import ServeSettings
-
-    settings = ServeSettings(
-        base_model=str(serve_files.base), adapters=serve_files.adapters, api_key="", **limits
-    )
-    with LiveServer(create_app(engine, settings)) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
 def strict(engine: Any, serve_files: Any) -> Iterator[LiveServer]:
     """A server with short read deadlines and room for 16 connections."""
-    with _server(
+    with live_server(
         engine,
         serve_files,
         max_connections=16,
@@ -143,7 +131,7 @@ def _unfinished_heads(port: int, count: int) -> Iterator[list[socket.socket]]:
 @pytest.fixture
 def crowded(engine: Any, serve_files: Any) -> Iterator[LiveServer]:
     """A server with room for 16 connections and read deadlines far beyond a test's length."""
-    with _server(engine, serve_files, max_connections=16, timeout_header=60) as server:
+    with live_server(engine, serve_files, max_connections=16, timeout_header=60) as server:
         yield server
 
 
